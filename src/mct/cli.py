@@ -1,0 +1,244 @@
+"""The ``mct`` command: one subcommand per pipeline step. The workflow (Snakemake,
+DVC) calls only this. Every subcommand reads the YAML config, validates it before
+any work, writes its declared outputs atomically and reports a bad input as one
+line on stderr (exit status 2), never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import from_dict, load_yaml
+from .errors import MCTError
+
+log = logging.getLogger("mct")
+
+DESCRIPTION = """\
+MCT: distil a diffusion teacher into a one-step generator by EM (Xie et al., 2024).
+
+Pipeline steps (each reads --config and writes under its results_dir):
+  teacher train|eval|fetch   train the embedded teacher / score it at several NFE / download a real one
+  teacher inspect PATH       print what a teacher checkpoint holds, or why it is refused
+  features                   train the embedded feature network (FID/KID/PR through torch-fidelity)
+  clip                       train the tiny CLIP of digits-text (CLIP score)
+  distill                    run MCT (or an ablation variant) -> runs/<variant>/checkpoint.pt, train_log.csv
+  evaluate                   score a distilled generator -> runs/<variant>/metrics.json
+  correct                    joint MCMC correction of one-step samples (before/after grids and FID)
+  summarize                  one row per variant -> <bench>/summary.csv
+  bench                      speed and memory measurements -> results/bench/*.json
+  report                     results/report.html from whatever results exist
+  config check|schema|show   validate a config / print its JSON schema / show a resolved variant
+  workflow dvc               write dvc.yaml from the pipeline's stage table
+"""
+
+
+@dataclass(frozen=True)
+class RootConfig:
+    """Top level of a config file (config/default.yaml and friends).
+
+    results_dir: where every output goes. device: 'cpu' or 'cuda'. benchmarks: one
+    section per benchmark that runs (see each benchmark's schema). report, bench,
+    cluster: options of the report, of ``mct bench`` and of the SLURM profile."""
+
+    results_dir: str = "results"
+    device: str = "cpu"
+    progress: bool = True
+    benchmarks: dict[str, Any] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)
+    bench: dict[str, Any] = field(default_factory=dict)
+    cluster: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        from .errors import ConfigError
+
+        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
+
+
+def load_root(path: str | Path, results_dir: str | None = None) -> tuple[RootConfig, dict]:
+    """Load and validate a config file: the root and every benchmark section and variant."""
+    from .benchmarks.base import validate_all
+
+    raw = load_yaml(path)
+    root = from_dict(RootConfig, raw, "config")
+    validate_all(raw)
+    if results_dir is not None:
+        root = RootConfig(**{**root.__dict__, "results_dir": results_dir})
+    return root, raw
+
+
+def _context(root: RootConfig, args):
+    from .benchmarks.base import RunContext
+
+    device = getattr(args, "device", None) or root.device
+    return RunContext(results_dir=Path(root.results_dir), device=device,
+                      progress=root.progress and not getattr(args, "no_progress", False))
+
+
+def _bench_stage(stage: str):
+    def run(args):
+        from .benchmarks.base import get_benchmark, section_of
+
+        root, raw = load_root(args.config, args.results_dir)
+        bench = get_benchmark(args.bench)
+        section = section_of(raw, args.bench)
+        fn = getattr(bench, stage, None)
+        if fn is None or stage not in bench.stages:
+            bench.unsupported(stage)
+        kwargs = {}
+        if getattr(args, "variant", None) is not None:
+            kwargs["variant"] = args.variant
+        if stage == "distill":
+            kwargs["resume"] = args.resume
+        return fn(section, _context(root, args), **kwargs)
+
+    return run
+
+
+def _cmd_inspect(args):
+    from .teachers.inspect import inspect_checkpoint
+
+    print(inspect_checkpoint(args.path))
+
+
+def _cmd_report(args):
+    from .report.build import build_report
+
+    root, raw = load_root(args.config, args.results_dir)
+    out = build_report(raw, _context(root, args), out=args.out)
+    print(out)
+
+
+def _cmd_bench(args):
+    from .bench import run_bench
+
+    root, raw = load_root(args.config, args.results_dir)
+    run_bench(raw, _context(root, args), benches=args.bench)
+
+
+def _cmd_config(args):
+    import json
+
+    import yaml
+
+    if args.action == "schema":
+        from .workflow import config_schema
+
+        print(yaml.safe_dump(config_schema(), sort_keys=False), end="")
+        return
+    if args.config is None:
+        raise MCTError("config check/show need --config")
+    root, raw = load_root(args.config)
+    if args.action == "check":
+        print(f"{args.config}: ok ({', '.join(raw.get('benchmarks') or {}) or 'no benchmarks'})")
+    else:
+        from .benchmarks.base import get_benchmark, section_of
+        from .config import to_dict
+
+        if not args.bench:
+            raise MCTError("config show needs --bench")
+        cfg = get_benchmark(args.bench).parse(section_of(raw, args.bench), args.variant)
+        print(json.dumps(to_dict(cfg), indent=2))
+
+
+def _cmd_workflow(args):
+    from .workflow import write_dvc_yaml
+
+    print(write_dvc_yaml(args.config, args.out))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mct", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"mct {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def common(sp, variant=False, bench=True):
+        sp.add_argument("--config", required=True, help="YAML config (e.g. config/default.yaml)")
+        if bench:
+            sp.add_argument("--bench", required=True, help="benchmark name (toy2d, digits, ...)")
+        if variant:
+            sp.add_argument("--variant", required=True, help="variant name from the config (mct, k1, no-nc, ...)")
+        sp.add_argument("--results-dir", default=None, help="override the config's results_dir")
+        sp.add_argument("--device", default=None, help="override the config's device")
+        sp.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    t = sub.add_parser("teacher", help="train, score, download or inspect a teacher")
+    tsub = t.add_subparsers(dest="action", metavar="ACTION")
+    tsub.required = True
+    for action, helptext in (("train", "train the embedded teacher"), ("eval", "score the teacher at each NFE"),
+                             ("fetch", "download a real teacher (sha256-pinned)")):
+        sp = tsub.add_parser(action, help=helptext)
+        common(sp)
+        sp.set_defaults(func=_bench_stage(f"teacher_{action}"))
+    sp = tsub.add_parser("inspect", help="print what a checkpoint holds, or why it is refused")
+    sp.add_argument("path")
+    sp.set_defaults(func=_cmd_inspect)
+
+    for name, helptext, variant in (
+        ("features", "train the embedded feature network used for FID/KID/PR", False),
+        ("clip", "train the tiny CLIP model used for the CLIP score", False),
+        ("distill", "distil the teacher into a one-step generator (one variant)", True),
+        ("evaluate", "score one distilled variant -> metrics.json", True),
+        ("correct", "joint MCMC correction of one-step samples", True),
+        ("summarize", "one row per variant -> summary.csv", False),
+    ):
+        sp = sub.add_parser(name, help=helptext)
+        common(sp, variant=variant)
+        if name == "distill":
+            g = sp.add_mutually_exclusive_group()
+            g.add_argument("--resume", dest="resume", action="store_const", const="yes", default="auto",
+                           help="continue from the latest checkpoint (required to exist)")
+            g.add_argument("--no-resume", dest="resume", action="store_const", const="no",
+                           help="start afresh, discarding checkpoints (default: resume when a compatible one exists)")
+        sp.set_defaults(func=_bench_stage(name))
+
+    sp = sub.add_parser("report", help="render results/report.html")
+    common(sp, bench=False)
+    sp.add_argument("--out", default=None, help="output HTML (default: <results_dir>/report.html)")
+    sp.set_defaults(func=_cmd_report)
+
+    sp = sub.add_parser("bench", help="measure sampling speed, EM overhead and memory")
+    common(sp, bench=False)
+    sp.add_argument("--bench", action="append", default=None, help="benchmark(s) to measure (default: all configured)")
+    sp.set_defaults(func=_cmd_bench)
+
+    sp = sub.add_parser("config", help="validate a config, print the schema, show a resolved variant")
+    sp.add_argument("action", choices=["check", "schema", "show"])
+    sp.add_argument("--config", default=None)
+    sp.add_argument("--bench", default=None)
+    sp.add_argument("--variant", default=None)
+    sp.set_defaults(func=_cmd_config)
+
+    sp = sub.add_parser("workflow", help="generate workflow files from the stage table")
+    sp.add_argument("action", choices=["dvc"])
+    sp.add_argument("--config", default="config/default.yaml")
+    sp.add_argument("--out", default="dvc.yaml")
+    sp.set_defaults(func=_cmd_workflow)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        args.func(args)
+    except MCTError as exc:
+        print(f"mct: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mct: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
