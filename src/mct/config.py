@@ -192,7 +192,8 @@ def _schema_for(tp) -> dict:
         return {"type": "string"}
     if origin in (list, tuple):
         if origin is tuple and args and args[-1] is not Ellipsis:
-            return {"type": "array", "items": [_schema_for(a) for a in args],
+            # draft 2020-12 (what snakemake.utils.validate uses): prefixItems, not an items list
+            return {"type": "array", "prefixItems": [_schema_for(a) for a in args],
                     "minItems": len(args), "maxItems": len(args)}
         return {"type": "array", "items": _schema_for(args[0]) if args else {}}
     if origin in (dict, Mapping) or tp is dict:

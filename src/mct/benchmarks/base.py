@@ -52,6 +52,13 @@ class Benchmark:
     name: str = ""
     config_cls: type = object
     stages: tuple[str, ...] = ()
+    # Optional, read by the pipeline's stage table (mct.workflow): ``uses`` names another
+    # benchmark whose output a stage reads, e.g. {"features": "digits"}; ``stage_params``
+    # lists the section keys a per-benchmark stage reads, e.g. {"teacher_train": ("teacher",
+    # "data")}, so that changing other keys does not rerun it (default: the whole section
+    # without its variants).
+    uses: dict[str, str] = {}
+    stage_params: dict[str, tuple[str, ...]] = {}
 
     def parse(self, section: dict, variant: str | None = None, path: str | None = None):
         """Validate the benchmark's config section, with ``variant``'s overrides applied."""

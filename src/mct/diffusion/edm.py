@@ -19,8 +19,9 @@ def append_dims(v: Tensor, ndim: int) -> Tensor:
 
 
 def as_sigma(sigma, x: Tensor) -> Tensor:
-    """Per-sample noise levels of shape (N,), float32 on x's device."""
-    sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device)
+    """Per-sample noise levels of shape (N,), in x's floating dtype, on x's device."""
+    dtype = x.dtype if x.dtype.is_floating_point else torch.float32
+    sigma = torch.as_tensor(sigma, device=x.device).to(dtype)
     if sigma.ndim == 0:
         sigma = sigma.expand(x.shape[0])
     sigma = sigma.reshape(-1)

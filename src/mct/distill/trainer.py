@@ -245,6 +245,7 @@ def distill(run_dir: str | Path, *, teacher: Callable, generator: nn.Module, stu
         eps0 = torch.randn(z0.shape, generator=rng, device=device)
         sigma = sample_sigma(z0.shape[0], train.sigma, rng, device)
         loss_g, res, g_out = em_generator_loss(generator, teacher, student, z0, eps0, sigma, cond, em, rng)
+        loss_value = loss_g.detach()
         _finite("teacher output", res.teacher_last, it + 1, last_good)
         _finite("generator output", g_out.detach(), it + 1, last_good)
         _finite("M-step loss", loss_g.detach(), it + 1, last_good)
@@ -261,11 +262,11 @@ def distill(run_dir: str | Path, *, teacher: Callable, generator: nn.Module, stu
             _finite("student-score loss", loss_s, it + 1, last_good)
         done = it + 1
         if done % train.log_every == 0 or done == end_it:
-            rows.append({"iteration": done, "loss_g": float(loss_g), "loss_s": float(loss_s),
+            rows.append({"iteration": done, "loss_g": float(loss_value), "loss_s": float(loss_s),
                          "grad_norm_g": float(grad_norm), "eps_rms": float(res.eps.pow(2).mean().sqrt()),
                          "nu_rms": float(res.nu.pow(2).mean().sqrt()),
                          "seconds": round(elapsed_before + time.perf_counter() - t0, 3)})
-            bar.set_postfix(loss_g=f"{float(loss_g):.3g}", loss_s=f"{float(loss_s):.3g}")
+            bar.set_postfix(loss_g=f"{float(loss_value):.3g}", loss_s=f"{float(loss_s):.3g}")
         if evaluate is not None and train.eval_every and (done % train.eval_every == 0 or done == train.iterations):
             eval_rows.append({"iteration": done, **evaluate(ema, done)})
         if done % train.checkpoint_every == 0 or done == end_it:
@@ -277,5 +278,5 @@ def distill(run_dir: str | Path, *, teacher: Callable, generator: nn.Module, stu
     if end_it == train.iterations:
         torch_save(run_dir / "checkpoint.pt", torch.load(final, map_location="cpu", weights_only=True))
     seconds = elapsed_before + time.perf_counter() - t0
-    return {"iterations": end_it, "train_seconds": round(seconds, 3), "loss_g": float(loss_g),
+    return {"iterations": end_it, "train_seconds": round(seconds, 3), "loss_g": float(loss_g.detach()),
             "loss_s": float(loss_s), "config_hash": cfg_hash}

@@ -1,0 +1,1 @@
+"""Network architectures MCT owns, each constructible from a config dict."""

@@ -1,0 +1,138 @@
+"""toy2d end to end: resume exactness, bad configs, the CLI and the summary table."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from mct.benchmarks.base import RunContext
+from mct.benchmarks.toy2d import BENCHMARK as TOY
+from mct.cli import main
+
+TINY = {
+    "generator": {"hidden": 16, "layers": 2},
+    "score": {"hidden": 16, "layers": 2},
+    "init": {"steps": 5, "batch_size": 64},
+    "em": {"num_steps": 3, "gamma_eps": 0.1, "gamma_z": 0.05},
+    "train": {"iterations": 12, "batch_size": 64, "score_updates": 2, "score_warmup": 3,
+              "checkpoint_every": 4, "keep_checkpoints": 2, "log_every": 2},
+    "eval": {"num_samples": 500},
+    "variants": {"mct": {}, "k1": {"em": {"num_steps": 1, "gamma_z": 0.0}}, "no-reparam": {"em": {"reparam": False}}},
+}
+
+
+def write_config(path: Path, section=None, results="results") -> Path:
+    cfg = {"results_dir": str(results), "progress": False, "benchmarks": {"toy2d": section or TINY}}
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def _states(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_resume_is_exact(tmp_path):
+    full = RunContext(tmp_path / "full", progress=False)
+    part = RunContext(tmp_path / "part", progress=False)
+    TOY.distill(TINY, full, "mct", resume="no")
+    TOY.distill(TINY, part, "mct", resume="no", stop_after=8)
+    assert not (part.run_dir("toy2d", "mct") / "checkpoint.pt").exists()
+    kept = sorted(p.name for p in (part.run_dir("toy2d", "mct") / "checkpoints").glob("*.pt"))
+    assert kept == ["ckpt-00000004.pt", "ckpt-00000008.pt"]
+    TOY.distill(TINY, part, "mct", resume="yes")
+    a = _states(full.run_dir("toy2d", "mct") / "checkpoint.pt")
+    b = _states(part.run_dir("toy2d", "mct") / "checkpoint.pt")
+    assert a["iteration"] == b["iteration"] == 12
+    for key in ("generator", "generator_ema", "student"):
+        for name, t in a[key].items():
+            assert torch.equal(t, b[key][name]), (key, name)
+    assert a["opt_g"]["state"].keys() == b["opt_g"]["state"].keys()
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(a["log"]) == strip(b["log"])
+    # and training moved the weights (the comparison is not of two untouched copies)
+    init = TOY.networks(TOY.parse(TINY, "mct"))[0].state_dict()
+    assert any(not torch.equal(init[k], a["generator"][k]) for k in init)
+
+
+def test_resume_requires_checkpoint(tmp_path, capsys):
+    cfg = write_config(tmp_path / "c.yaml", results=tmp_path / "r")
+    rc = main(["distill", "--config", str(cfg), "--bench", "toy2d", "--variant", "mct", "--resume"])
+    assert rc == 2
+    assert "no usable checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("patch,needle", [
+    ({"em": {"num_stepz": 3}}, "unknown config key benchmarks.toy2d.em.num_stepz"),
+    ({"train": {"batch_size": "big"}}, "benchmarks.toy2d.train.batch_size must be an integer"),
+    ({"em": {"num_steps": 0}}, "num_steps (K) must be an integer >= 1"),
+    ({"em": {"gamma_eps": -0.1}}, "gamma_eps must be in (0, 1)"),
+    ({"em": {"gamma_z": -1.0}}, "gamma_z must be in [0, 1)"),
+    ({"train": {"sigma": {"kind": "uniform"}}}, "kind must be 'loguniform' or 'lognormal'"),
+    ({"variants": {"bad": {"em": {"reparam": "yes"}}}}, "benchmarks.toy2d.variants.bad.em.reparam must be true or false"),
+])
+def test_bad_config_is_one_clear_error_and_writes_nothing(tmp_path, capsys, patch, needle):
+    from mct.config import deep_merge
+
+    results = tmp_path / "results"
+    cfg = write_config(tmp_path / "c.yaml", deep_merge(TINY, patch), results)
+    rc = main(["distill", "--config", str(cfg), "--bench", "toy2d", "--variant", "mct"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert needle in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not results.exists()
+
+
+def test_unknown_variant_and_benchmark(tmp_path, capsys):
+    cfg = write_config(tmp_path / "c.yaml", results=tmp_path / "r")
+    assert main(["distill", "--config", str(cfg), "--bench", "toy2d", "--variant", "k99"]) == 2
+    assert "unknown variant 'k99'" in capsys.readouterr().err
+    assert main(["distill", "--config", str(cfg), "--bench", "nope", "--variant", "mct"]) == 2
+    assert "unknown benchmark 'nope'" in capsys.readouterr().err
+
+
+def test_cli_sweep_writes_metrics_and_summary(tmp_path):
+    results = tmp_path / "r"
+    cfg = write_config(tmp_path / "c.yaml", results=results)
+    for v in TINY["variants"]:
+        assert main(["distill", "--config", str(cfg), "--bench", "toy2d", "--variant", v, "--no-progress"]) == 0
+        assert main(["evaluate", "--config", str(cfg), "--bench", "toy2d", "--variant", v]) == 0
+        run = results / "toy2d" / "runs" / v
+        for f in ("checkpoint.pt", "train_log.csv", "metrics.json", "samples.png", "samples.npz"):
+            assert (run / f).exists(), f
+        m = json.loads((run / "metrics.json").read_text())
+        assert 0 <= m["mode_mass_tv"] <= 1 and 0 <= m["modes_covered"] <= 8
+        assert abs(sum(m["mode_mass"]) - 1) < 1e-3
+    assert main(["summarize", "--config", str(cfg), "--bench", "toy2d"]) == 0
+    rows = list(csv.DictReader((results / "toy2d" / "summary.csv").open()))
+    assert [r["variant"] for r in rows] == list(TINY["variants"])
+    assert {"variant", "K", "reparam", "noise_cancel", "mode_mass_tv", "modes_covered", "mean_true_logpdf",
+            "energy_distance"} <= set(rows[0])
+    assert rows[1]["K"] == "1" and rows[2]["reparam"] == "False"
+    log = list(csv.DictReader((results / "toy2d" / "runs" / "mct" / "train_log.csv").open()))
+    assert [int(r["iteration"]) for r in log] == list(range(2, 13, 2))
+
+
+def test_toy_metrics_detect_collapse():
+    from mct.metrics.toy import toy_metrics
+    from mct.teachers import ring_gmm
+
+    teacher = ring_gmm()
+    g = torch.Generator().manual_seed(0)
+    ref = teacher.sample(4000, g)
+    good = toy_metrics(teacher.sample(4000, g), teacher, ref)
+    collapsed = toy_metrics(teacher.means[7] + 0.25 * torch.randn(4000, 2, generator=g), teacher, ref)
+    assert good["modes_covered"] == 8 and good["mode_mass_tv"] < 0.05 and good["energy_distance"] < 0.05
+    assert collapsed["modes_covered"] == 1 and collapsed["mode_mass_tv"] > 0.7 and collapsed["energy_distance"] > 1
+    assert good["mean_true_logpdf"] > collapsed["mean_true_logpdf"] - 1.5
+
+
+def test_help_explains_commands(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for word in ("distill", "evaluate", "teacher", "report", "summarize"):
+        assert word in out
