@@ -98,8 +98,8 @@ def _gaussian_denoiser(mean, cov):
     return d
 
 
-@pytest.mark.parametrize("reparam", [True, False])
-def test_langevin_matches_closed_form_joint(reparam):
+@pytest.mark.parametrize("reparam,z_step", [(True, "constant"), (False, "constant"), (True, "sigma2")])
+def test_langevin_matches_closed_form_joint(reparam, z_step):
     """Linear generator + Gaussian teacher + exact student score: long-run chains reach the
     closed-form joint rho(x_s, z) of ALGORITHM.md section 10."""
     torch.manual_seed(0)
@@ -119,7 +119,7 @@ def test_langevin_matches_closed_form_joint(reparam):
     z0 = torch.randn(n, 2, generator=g, dtype=dt)
     eps0 = torch.randn(n, 2, generator=g, dtype=dt)
     sigma = torch.full((n,), sig, dtype=dt)
-    cfg = EMConfig(num_steps=steps, gamma_eps=0.03, gamma_z=0.03, reparam=reparam)
+    cfg = EMConfig(num_steps=steps, gamma_eps=0.03, gamma_z=0.03, reparam=reparam, z_step=z_step, z_step_ref=0.5)
     res = e_step(gen, teacher, student, z0, eps0, sigma, None, cfg, g)
     x, z = res.x, res.z
 
