@@ -67,6 +67,12 @@ def load_root(path: str | Path, results_dir: str | None = None) -> tuple[RootCon
     raw = load_yaml(path)
     root = from_dict(RootConfig, raw, "config")
     validate_all(raw)
+    from .workflow import parse_cluster  # the cluster section (resources of the workflow's jobs)
+
+    parse_cluster(raw)
+    from .bench import parse_bench_config  # the bench section (options of `mct bench`)
+
+    parse_bench_config(raw)
     if results_dir is not None:
         root = RootConfig(**{**root.__dict__, "results_dir": results_dir})
     return root, raw
@@ -95,7 +101,13 @@ def _bench_stage(stage: str):
             kwargs["variant"] = args.variant
         if stage == "distill":
             kwargs["resume"] = args.resume
-        return fn(section, _context(root, args), **kwargs)
+        ctx = _context(root, args)
+        from .distributed import init_from_env, stage_runs_here
+
+        init_from_env(ctx.device)  # under torchrun: one process per GPU (a no-op otherwise)
+        if not stage_runs_here(bench, stage):
+            return None  # a stage that is not data-parallel runs on rank 0 alone
+        return fn(section, ctx, **kwargs)
 
     return run
 
@@ -231,8 +243,9 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         args.func(args)
-    except MCTError as exc:
-        print(f"mct: error: {exc}", file=sys.stderr)
+    except MCTError as exc:  # one line, whatever the message holds
+        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        print(f"mct: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mct: interrupted", file=sys.stderr)

@@ -142,8 +142,13 @@ def load_yaml(path: str | Path) -> dict:
         raise ConfigError(f"config file {path} is not UTF-8 text") from None
     try:
         data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    except yaml.YAMLError as exc:  # one line: where, and what the parser expected
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        what = getattr(exc, "problem", None) or str(exc).strip().splitlines()[0]
+        context = getattr(exc, "context", None)
+        raise ConfigError(f"config file {path} is not valid YAML{where}: "
+                          f"{context + ', ' if context else ''}{what}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

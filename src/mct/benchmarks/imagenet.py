@@ -312,8 +312,6 @@ class ImageNet(Benchmark):
         t, e = cfg.teacher, cfg.eval
         teacher = self._fetch(t.url, t.sha256, t.path, self.teacher_file(cfg, ctx), cfg, ctx)
         declared = ctx.bench_dir(self.name) / "teacher" / "checkpoint.pt"
-        if t.path:  # a local copy: the declared output points at it
-            _link(declared, Path(t.path).resolve())
         ref = self._fetch(e.ref_url, e.ref_sha256, e.ref_path, self.ref_file(cfg, ctx), cfg, ctx)
         weights = self.feature_weights_file(cfg, ctx)
         if weights is not None:
@@ -328,6 +326,8 @@ class ImageNet(Benchmark):
                 "path": str(teacher), "sha256": sha256_file(teacher), "reference": str(ref),
                 "reference_sha256": sha256_file(ref),
                 "feature_weights": str(weights) if weights else None, "description": inspect_checkpoint(teacher)}
+        if t.path:  # a local copy: the declared output points at it (only once everything checked out)
+            _link(declared, Path(t.path).resolve())
         write_json(ctx.bench_dir(self.name) / "teacher" / "teacher.json", info)
         log.info("%s: teacher %s, reference %s ready", self.name, teacher, ref)
         return info

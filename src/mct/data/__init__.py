@@ -1,0 +1,1 @@
+"""Data: embedded image sets, captions and prompt files."""

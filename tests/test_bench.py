@@ -1,0 +1,227 @@
+"""``mct bench`` (issue 9): the JSON it writes, the protocol of its timings and memory
+measurement, which weights it measures, and the generator passes the EM step saves."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import mct.bench as B
+from mct.benchmarks.base import RunContext
+from mct.benchmarks.toy2d import BENCHMARK as TOY
+from mct.cli import main
+from mct.config import deep_merge
+from mct.distill.em import EMConfig, e_step, em_generator_loss, m_step_loss
+from mct.nets.mlp import MLPGenerator, mlp_denoiser
+from mct.teachers import ring_gmm
+
+TOY_SECTION = {
+    "generator": {"hidden": 16, "layers": 2},
+    "score": {"hidden": 16, "layers": 2},
+    "init": {"steps": 0},
+    "em": {"num_steps": 2, "gamma_eps": 0.1, "gamma_z": 0.05},
+    "train": {"iterations": 4, "batch_size": 32, "score_updates": 1, "score_warmup": 0, "checkpoint_every": 2,
+              "log_every": 1},
+    "eval": {"num_samples": 100},
+    "variants": {"mct": {}},
+}
+QUICK = {"repeats": 2, "warmup": 1, "min_seconds": 0.0, "nfe": [3, 5]}
+
+
+def write_config(tmp: Path, benchmarks: dict, bench: dict | None = None) -> tuple[Path, Path]:
+    results = tmp / "results"
+    path = tmp / "c.yaml"
+    path.write_text(yaml.safe_dump({"results_dir": str(results), "progress": False, "benchmarks": benchmarks,
+                                    "bench": QUICK if bench is None else bench}))
+    return path, results
+
+
+def documented_keys() -> set[str]:
+    """Identifiers written inside ``...`` in the module doc (keys, or records of keys)."""
+    return {w for span in re.findall(r"``(.+?)``", B.__doc__, flags=re.S) for w in re.findall(r"[A-Za-z_]\w*", span)}
+
+
+def test_toy2d_bench_json(tmp_path):
+    cfg, results = write_config(tmp_path, {"toy2d": TOY_SECTION})
+    threads = torch.get_num_threads()
+    assert main(["bench", "--config", str(cfg)]) == 0
+    assert torch.get_num_threads() == threads  # restored
+    r = json.loads((results / "bench" / "toy2d.json").read_text())
+    assert sorted(p.name for p in (results / "bench").iterdir()) == ["toy2d.json"]
+
+    # every key the report may read is documented in the module doc
+    def keys(obj):
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                yield k
+                if k not in ("passes_ms", "passes_count", "per_sample_bytes", "peak_bytes", "weights"):
+                    yield from keys(v)
+        elif isinstance(obj, list):
+            for v in obj:
+                yield from keys(v)
+    undocumented = set(keys(r)) - documented_keys()
+    assert not undocumented, undocumented
+
+    assert r["bench"] == "toy2d" and r["device"] == "cpu" and r["num_threads"] == 1 and r["batch_size"] == 32
+    assert r["weights"] == {"teacher": "analytic", "generator": "random", "student": "random"}
+    assert r["networks"]["data_shape"] == [2] and r["networks"]["same_network"] is False
+
+    s = r["sampling"]
+    assert s["student"]["nfe"] == 1 and s["student"]["images_per_s"] > 0
+    assert [t["nfe"] for t in s["teacher"]] == [3, 5]
+    for t in s["teacher"]:
+        assert t["measured_nfe"] == t["nfe"] and t["steps"] == (t["nfe"] + 1) // 2
+        assert t["speedup"] == pytest.approx(s["student"]["images_per_s"] / t["images_per_s"], rel=1e-3)
+        assert t["speedup_over_nfe_ratio"] == pytest.approx(t["speedup"] / t["nfe"], abs=2e-3)
+        assert t["target_met"] == (t["speedup"] >= B.SPEEDUP_TARGET * t["nfe"])
+    assert s["target_applies"] is False
+
+    e = r["em_overhead"]
+    assert e["K"] == 2 and e["passes_count"] == {"teacher_forward": 2, "student_forward": 2, "generator_vjp": 2,
+                                                 "m_step": 1, "score_step": 1}
+    assert all(v > 0 for v in e["passes_ms"].values())
+    assert e["passes_sum_ms"] == pytest.approx(sum(e["passes_count"][k] * v for k, v in e["passes_ms"].items()),
+                                               rel=1e-3)
+    low, high = e["overhead_ratio_range"]
+    assert low <= e["overhead_ratio"] <= high  # the median over windows
+    assert e["overhead_ratio"] == pytest.approx(e["iteration_ms"] / e["passes_sum_ms"], rel=0.5)
+    assert e["iteration_windows"] >= 3 and e["target_met"] == (e["overhead_ratio"] <= B.OVERHEAD_TARGET)
+    # a whole iteration cannot cost less than a fraction of its passes: the two were timed alike
+    assert 0.5 < e["overhead_ratio"] < 3
+
+    m = r["memory"]
+    assert "VmHWM" in m["method"] and m["batch_sizes"] == [16, 32]
+    assert set(m["per_sample_bytes"]) == {"student_sampling", "teacher_sampling", "em_iteration"}
+    assert all(v >= 0 for v in m["peak_bytes"].values())
+
+
+def test_trained_weights_are_measured_when_present(tmp_path):
+    ctx = RunContext(tmp_path / "results", progress=False)
+    TOY.distill(TOY_SECTION, ctx, "mct", resume="no")
+    ckpt = ctx.run_dir("toy2d", "mct") / "checkpoint.pt"
+    setup = B._setup_toy2d("toy2d", TOY_SECTION, ctx, B.BenchConfig())
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    for name, t in setup.generator.state_dict().items():
+        assert torch.equal(t, state["generator_ema"][name]), name
+    for name, t in setup.student.state_dict().items():
+        assert torch.equal(t, state["student"][name]), name
+    assert setup.weights["generator"] == f"trained: {ckpt}"
+    # a variant without a run falls back to one that has one
+    section = deep_merge(TOY_SECTION, {"variants": {"other": {}}})
+    assert B._setup_toy2d("toy2d", section, ctx, B.BenchConfig(variant="other")).variant == "mct"
+
+
+def test_digits_unet_bench(tmp_path):
+    section = {"teacher": {"net": {"model_channels": 8, "channel_mult": [1], "num_blocks": 1}, "eval_nfe": [5]},
+               "em": {"num_steps": 1, "gamma_z": 0.0},
+               "train": {"batch_size": 8, "log_every": 1, "score_updates": 1},
+               "variants": {"mct": {}}}
+    cfg, results = write_config(tmp_path, {"digits": section}, dict(QUICK, nfe=[]))
+    assert main(["bench", "--config", str(cfg), "--bench", "digits"]) == 0
+    r = json.loads((results / "bench" / "digits.json").read_text())
+    assert r["weights"] == {"teacher": "random", "generator": "random", "student": "random"}
+    n = r["networks"]
+    assert n["same_network"] is True and n["data_shape"] == [1, 8, 8]
+    assert n["teacher_params"] == n["generator_params"] == n["student_params"] > 0
+    (t,) = r["sampling"]["teacher"]
+    assert t["nfe"] == t["measured_nfe"] == 5  # the benchmark's own eval_nfe
+    assert t["speedup"] > 2  # five U-Net passes against one
+    assert r["em_overhead"]["passes_count"]["generator_vjp"] == 0  # gamma_z = 0: z frozen
+
+
+def test_paper_scale_networks_are_skipped_on_cpu(tmp_path):
+    cfg, results = write_config(tmp_path, {"imagenet64": {"lock_file": str(tmp_path / "lock.yaml")}})
+    assert main(["bench", "--config", str(cfg)]) == 0
+    r = json.loads((results / "bench" / "imagenet64.json").read_text())
+    assert r["device"] == "cpu" and "GPU" in r["skipped"] and "sampling" not in r
+
+
+def test_imagenet_setup_measures_the_teacher_architecture(tmp_path):
+    """The GPU path (ImageNet networks) run at toy size on CPU: a tiny ADM of the same family."""
+    tiny = dict(img_resolution=8, img_channels=3, label_dim=10, use_fp16=False, sigma_data=0.5,
+                model_type="DhariwalUNet", model_channels=16, channel_mult=[1, 2], channel_mult_emb=2, num_blocks=1,
+                attn_resolutions=[], dropout=0.0)
+    section = {"resolution": 8, "num_classes": 10, "precision": "fp32", "lock_file": str(tmp_path / "lock.yaml"),
+               "em": {"num_steps": 1, "gamma_z": 0.05}, "train": {"batch_size": 4, "log_every": 1, "score_updates": 1},
+               "eval": {"teacher_nfe": [3]}}
+    ctx = RunContext(tmp_path / "results", progress=False)
+    setup = B._setup_imagenet("imagenet64", section, ctx, B.BenchConfig(), arch={"kind": "edm-pickle",
+                                                                            "init_kwargs": tiny})
+    assert setup.same_network and setup.weights["teacher"] == "random"
+    r = B.measure(setup, B.BenchConfig(repeats=1, warmup=0, min_seconds=0.0, memory=False), torch.device("cpu"))
+    assert r["networks"]["data_shape"] == [3, 8, 8]
+    assert r["sampling"]["teacher"][0]["measured_nfe"] == 3
+    assert r["em_overhead"]["passes_count"]["generator_vjp"] == 1
+
+
+def test_bad_bench_inputs(tmp_path, capsys):
+    cfg, results = write_config(tmp_path, {"toy2d": TOY_SECTION})
+    assert main(["bench", "--config", str(cfg), "--bench", "toy3d"]) == 2
+    assert "unknown benchmark 'toy3d'" in capsys.readouterr().err
+    cfg, results = write_config(tmp_path, {"toy2d": TOY_SECTION}, {"nfe": [4]})
+    assert main(["bench", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "nfe entries must be odd" in err and err.count("\n") == 1
+    cfg, results = write_config(tmp_path, {"toy2d": TOY_SECTION}, {"repeat": 3})
+    assert main(["config", "check", "--config", str(cfg)]) == 2  # validated with the rest of the config
+    assert "unknown config key config.bench.repeat" in capsys.readouterr().err
+    assert not results.exists()
+
+
+def test_round_robin_timing_orders_and_scales():
+    t = B.time_round_robin({"short": lambda: time.sleep(0.002), "long": lambda: time.sleep(0.008)},
+                           repeats=3, warmup=1, min_seconds=0.01)
+    assert t["short"]["samples"] == t["long"]["samples"] == 3
+    assert 0.002 <= t["short"]["median_s"] < t["long"]["median_s"]
+    assert t["long"]["median_s"] / t["short"]["median_s"] > 1.8
+    assert t["short"]["loop"] >= 2  # short calls are looped up to min_seconds
+
+
+def test_peak_memory_sees_a_transient_allocation():
+    meter = B._PeakMemory("cpu")
+    if meter.unavailable:
+        pytest.skip(meter.unavailable)
+
+    def burst():
+        x = torch.ones(10_000_000)  # 40 MB, freed on return
+        return float(x[0])
+
+    assert meter.peak(burst) > 35e6
+    assert meter.peak(lambda: None) < 5e6
+
+
+@pytest.mark.parametrize("gamma_z,reparam", [(0.0, True), (0.05, True), (0.05, False)])
+def test_em_step_runs_each_generator_pass_once(gamma_z, reparam):
+    """The M-step reuses the E-step's last generator pass: K + 1 generator calls when z
+    moves (K with a VJP), one when it is frozen; and the gradient is the one of a
+    separate forward pass at z_K (what the code did before)."""
+    torch.manual_seed(0)
+    gen, student, teacher = MLPGenerator(2, 16, 2).double(), mlp_denoiser(2, 16, 2).double(), ring_gmm().double()
+    calls = []
+
+    def counted(z, c):
+        calls.append(torch.is_grad_enabled())
+        return gen(z)
+
+    cfg = EMConfig(num_steps=3, gamma_eps=0.1, gamma_z=gamma_z, reparam=reparam)
+    z0, eps0 = torch.randn(16, 2, dtype=torch.float64), torch.randn(16, 2, dtype=torch.float64)
+    sigma = torch.full((16,), 0.7, dtype=torch.float64)
+    loss, res, g_out = em_generator_loss(counted, teacher, student, z0, eps0, sigma, None, cfg,
+                                         torch.Generator().manual_seed(1))
+    assert len(calls) == (cfg.num_steps + 1 if gamma_z else 1)
+    assert g_out.grad_fn is not None
+    grads = torch.autograd.grad(loss, list(gen.parameters()))
+    ref_loss = m_step_loss(gen(res.z), res.eps_used(True), sigma, cfg)
+    ref = torch.autograd.grad(ref_loss, list(gen.parameters()))
+    for a, b in zip(grads, ref):
+        torch.testing.assert_close(a, b)
+    # without keep_graph (e.g. the correction figure) no graph is kept
+    res2 = e_step(counted, teacher, student, z0, eps0, sigma, None, cfg, torch.Generator().manual_seed(1))
+    assert res2.g_out is None
+    torch.testing.assert_close(res2.eps, res.eps)

@@ -1,0 +1,143 @@
+"""The digits benchmark end to end through the CLI (in-process) on config/quick.yaml's
+tiny settings: teacher training and evaluation, feature network, every variant's
+distillation and evaluation, the MCMC correction and the summary."""
+
+import csv
+import json
+import os
+import time
+
+import pytest
+import yaml
+
+from mct.cli import main
+
+QUICK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config", "quick.yaml")
+
+
+def _run(*argv, times=None):
+    t0 = time.process_time()
+    rc = main([*argv, "--no-progress"])
+    assert rc == 0, f"mct {' '.join(argv)} exited with {rc}"
+    if times is not None:
+        times[" ".join(a for a in argv if not a.startswith("-") and "/" not in a)] = round(time.process_time() - t0, 2)
+
+
+def _json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """Run the whole quick digits pipeline once; tests below inspect its outputs."""
+    res = tmp_path_factory.mktemp("digits_quick")
+    common = ["--config", QUICK, "--bench", "digits", "--results-dir", str(res)]
+    with open(QUICK) as f:
+        variants = list(yaml.safe_load(f)["benchmarks"]["digits"]["variants"])
+    times = {}
+    _run("teacher", "train", *common, times=times)
+    _run("features", *common, times=times)
+    _run("teacher", "eval", *common, times=times)
+    for v in variants:
+        _run("distill", *common, "--variant", v, times=times)
+        _run("evaluate", *common, "--variant", v, times=times)
+    _run("correct", *common, "--variant", "mct", times=times)
+    _run("summarize", *common, times=times)
+    return res / "digits", variants, times
+
+
+def test_quick_pipeline_is_fast(quick_run):
+    """CPU seconds of this process (wall time depends on what else shares the machine)."""
+    _, _, times = quick_run
+    total = sum(times.values())
+    assert total < 120, f"the quick digits pipeline took {total:.0f} CPU s (budget 120 s): {times}"
+
+
+def test_teacher_and_features_outputs(quick_run):
+    root, _, _ = quick_run
+    for name in ("checkpoint.pt", "metrics.json", "train_log.csv", "samples.png"):
+        assert (root / "teacher" / name).is_file(), name
+    tm = _json(root / "teacher" / "metrics.json")
+    assert [r["nfe"] for r in tm["rows"]] == [3, 7]
+    assert all(r["nfe_measured"] == r["nfe"] for r in tm["rows"])  # Heun: 2N - 1 denoiser calls
+    for r in tm["rows"]:
+        for k in ("fid", "kid_mean", "precision", "recall", "class_accuracy", "class_entropy"):
+            assert isinstance(r[k], float), k
+    assert tm["real_floor"]["fid"] >= 0
+    fm = _json(root / "features" / "metrics.json")
+    assert 0 <= fm["heldout_accuracy"] <= 1 and fm["heldout_size"] == 450
+    assert fm["real_floor"]["what"] == "train split vs held-out split"
+    with open(root / "teacher" / "train_log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["iteration"]) for r in rows] == [10, 20]
+
+
+def test_every_variant_distilled_and_scored(quick_run):
+    root, variants, _ = quick_run
+    for v in variants:
+        run = root / "runs" / v
+        for name in ("checkpoint.pt", "train_log.csv", "metrics.json", "samples.png", "eval_log.csv"):
+            assert (run / name).is_file(), (v, name)
+        m = _json(run / "metrics.json")
+        for k in ("fid", "kid_mean", "precision", "recall", "class_entropy", "class_accuracy", "train_seconds",
+                  "mstep_grad_var", "mstep_grad_var_nc", "mstep_grad_var_no_nc"):
+            assert isinstance(m[k], float), (v, k)
+        assert m["nfe"] == 1 and m["iterations"] == 4 and m["fid"] >= 0
+        with open(run / "eval_log.csv") as f:
+            curve = list(csv.DictReader(f))
+        assert [int(r["iteration"]) for r in curve] == [2, 4] and all(float(r["fid"]) >= 0 for r in curve)
+    by = {v: _json(root / "runs" / v / "metrics.json") for v in variants}
+    assert by["no-reparam"]["reparam"] is False and by["mct"]["reparam"] is True
+    assert by["no-nc"]["noise_cancel"] is False
+    assert by["no-nc"]["mstep_grad_var"] == by["no-nc"]["mstep_grad_var_no_nc"]
+    assert by["random-init"]["init"] == "random"
+    assert [by[f"k{k}"]["K"] for k in (1, 2, 4, 8)] == [1, 2, 4, 8]
+    assert by["k1"]["gamma_z"] == 0.0
+
+
+def test_correction_and_summary(quick_run):
+    root, variants, _ = quick_run
+    corr = root / "runs" / "mct" / "correct"
+    for name in ("before.png", "after.png", "metrics.json"):
+        assert (corr / name).is_file(), name
+    cm = _json(corr / "metrics.json")
+    assert cm["steps"] == 6 and cm["fid_before"] >= 0 and cm["fid_after"] >= 0
+    assert cm["z_moved_rms"] > 0 and cm["image_moved_rms"] > 0
+    with open(root / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["variant"] for r in rows] == variants
+    assert all(r["nfe"] == "1" for r in rows)
+    summary = _json(root / "summary.json")
+    names = [c["claim"] for c in summary["claims"]]
+    assert any("teacher FID" in n for n in names) and any("k1" in n for n in names)
+    assert all(isinstance(c["holds"], bool) for c in summary["claims"])
+
+
+def test_distill_resume_keeps_the_finished_run(quick_run):
+    import torch
+
+    root, _, _ = quick_run
+    path = root / "runs" / "k1" / "checkpoint.pt"
+    before = torch.load(path, weights_only=True)
+    _run("distill", "--config", QUICK, "--bench", "digits", "--results-dir", str(root.parent), "--variant", "k1")
+    after = torch.load(path, weights_only=True)
+    assert after["iteration"] == before["iteration"] == 4
+    for k, v in before["generator_ema"].items():
+        assert torch.equal(v, after["generator_ema"][k]), k
+
+
+def test_stage_errors_are_one_line(tmp_path, capsys):
+    common = ["--config", QUICK, "--bench", "digits", "--results-dir", str(tmp_path), "--no-progress"]
+    assert main(["distill", *common, "--variant", "mct"]) == 2
+    err = capsys.readouterr().err
+    assert "teacher" in err and "does not exist" in err and "Traceback" not in err
+    assert main(["distill", *common, "--variant", "nope"]) == 2
+    assert "unknown variant 'nope'" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"benchmarks": {"digits": {"teacher": {"eval_nfe": [8]}}}}))
+    assert main(["config", "check", "--config", str(bad)]) == 2
+    assert "eval_nfe" in capsys.readouterr().err
+    bad.write_text(yaml.safe_dump({"benchmarks": {"digits": {"teacher": {"net": {"widht": 3}}}}}))
+    assert main(["config", "check", "--config", str(bad)]) == 2
+    assert "benchmarks.digits.teacher.net.widht" in capsys.readouterr().err
