@@ -122,7 +122,8 @@ def test_digits_unet_bench(tmp_path):
                "em": {"num_steps": 1, "gamma_z": 0.0},
                "train": {"batch_size": 8, "log_every": 1, "score_updates": 1},
                "variants": {"mct": {}}}
-    cfg, results = write_config(tmp_path, {"digits": section}, dict(QUICK, nfe=[]))
+    cfg, results = write_config(tmp_path, {"digits": section},
+                                {"repeats": 1, "warmup": 0, "min_seconds": 0.0, "memory": False})
     assert main(["bench", "--config", str(cfg), "--bench", "digits"]) == 0
     r = json.loads((results / "bench" / "digits.json").read_text())
     assert r["weights"] == {"teacher": "random", "generator": "random", "student": "random"}

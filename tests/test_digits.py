@@ -141,3 +141,33 @@ def test_stage_errors_are_one_line(tmp_path, capsys):
     bad.write_text(yaml.safe_dump({"benchmarks": {"digits": {"teacher": {"net": {"widht": 3}}}}}))
     assert main(["config", "check", "--config", str(bad)]) == 2
     assert "benchmarks.digits.teacher.net.widht" in capsys.readouterr().err
+
+
+def test_mnist_config_and_tiny_pipeline(tmp_path):
+    """config/mnist.yaml validates, and the same code runs on 28x28 MNIST (tiny sizes here)."""
+    from mct.config import deep_merge
+
+    mnist = os.path.join(os.path.dirname(QUICK), "mnist.yaml")
+    assert main(["config", "check", "--config", mnist]) == 0
+    with open(mnist) as f:
+        raw = yaml.safe_load(f)
+    tiny = {"num_threads": 1,
+            "teacher": {"net": {"model_channels": 8}, "iterations": 4, "batch_size": 8, "eval_nfe": [3], "log_every": 2},
+            "features": {"width": 4, "feature_dim": 8, "iterations": 4},
+            "eval": {"num_samples": 20, "during_samples": 20, "kid_subset_size": 10, "kid_subsets": 2,
+                     "grad_var_batches": 2, "grid": 20},
+            "correct": {"steps": 2, "chunk": 2, "num_samples": 10},
+            "train": {"iterations": 2, "batch_size": 4, "eval_every": 2, "checkpoint_every": 2, "log_every": 1}}
+    section = deep_merge(raw["benchmarks"]["mnist"], tiny)
+    section["variants"] = {"mct": {}}
+    cfg = tmp_path / "mnist_tiny.yaml"
+    cfg.write_text(yaml.safe_dump({"results_dir": str(tmp_path / "res"), "benchmarks": {"mnist": section}}))
+    common = ["--config", str(cfg), "--bench", "mnist"]
+    for words in (("teacher", "train"), ("features",), ("teacher", "eval"), ("distill",), ("evaluate",),
+                  ("correct",), ("summarize",)):
+        extra = ["--variant", "mct"] if words[0] in ("distill", "evaluate", "correct") else []
+        _run(*words, *common, *extra)
+    m = _json(tmp_path / "res" / "mnist" / "runs" / "mct" / "metrics.json")
+    assert m["bench"] == "mnist" and m["nfe"] == 1
+    t = _json(tmp_path / "res" / "mnist" / "features" / "metrics.json")
+    assert t["heldout_size"] == 1000 and t["train_size"] == 4000

