@@ -479,6 +479,15 @@ class Pipeline:
         self.jobs.append(job)
         self._by_key[(stage, bench, variant)] = job
 
+    @staticmethod
+    def _correct_variants(bench: str, variants) -> tuple:
+        """The MCMC-correction figure is of the main run (the paper's); other variants skip it."""
+        from .benchmarks.base import get_benchmark
+
+        wanted = tuple(getattr(get_benchmark(bench), "correct_variants", ("mct",)))
+        chosen = tuple(v for v in variants if v in wanted)
+        return chosen or tuple(variants[:1])
+
     def _build(self):
         from .benchmarks.base import REGISTRY
 
@@ -491,6 +500,8 @@ class Pipeline:
                 spec = STAGES[stage]
                 if spec.scope == "variant":
                     for v in variants:
+                        if stage == "correct" and v not in self._correct_variants(bench, variants):
+                            continue
                         run_ckpt = [self._path("distill", "runs/{variant}/checkpoint.pt", bench, v)]
                         # distill reads the feature network too: its FID-vs-iteration curve (eval_log.csv)
                         deps = {"distill": teacher + clip + features,

@@ -58,6 +58,8 @@ class Benchmark:
     # "data")}, so that changing other keys does not rerun it (default: the whole section
     # without its variants).
     uses: dict[str, str] = {}
+    # variants whose one-step samples get the joint MCMC correction stage (the paper's figure)
+    correct_variants: tuple[str, ...] = ("mct",)
     stage_params: dict[str, tuple[str, ...]] = {}
 
     def parse(self, section: dict, variant: str | None = None, path: str | None = None):

@@ -128,7 +128,7 @@ class FeaturesConfig:
     width: int = 16
     feature_dim: int = 64
     dropout: float = 0.2
-    iterations: int = 400
+    iterations: int = 800
     batch_size: int = 128
     lr: float = 2e-3
     augment_shift: int = 1
@@ -171,7 +171,7 @@ class CorrectConfig:
     """Joint MCMC correction (ALGORITHM.md section 9): ``steps`` reparametrised Langevin steps on
     (eps, z) at noise level ``sigma`` with the generator frozen; 'after' is D_T(x_s)."""
 
-    steps: int = 300
+    steps: int = 100
     sigma: float = 0.5
     gamma_eps: float = 0.05
     gamma_z: float = 0.02

@@ -19,10 +19,17 @@ The same roles as Stable Diffusion, tiny and made here:
   (``results/digits/features/checkpoint.pt``) against the held-out split, the CLIP score,
   and how often the digits classifier reads the digit the caption asked for.
 
-Outputs (``results/digits-text/``): ``clip/{checkpoint.pt, metrics.json,
+Outputs (``results/digits-text/``): ``clip/{checkpoint.pt, metrics.json, train_log.csv,
 open_clip_config.json, open_clip_model.safetensors}``, ``teacher/{checkpoint.pt,
 train_log.csv, metrics.json, samples.png}``, ``runs/<variant>/{checkpoint.pt,
-train_log.csv, metrics.json, samples.png}``, ``summary.csv``."""
+train_log.csv, metrics.json, samples.png}``, ``summary.csv``.
+
+Cost of config/default.yaml (CPU seconds, one thread, imports included; measured on the
+2-core machine): clip 23, teacher train 83, teacher eval 23, distill mct 197 / k1 98,
+evaluate 14 each, summarize 4: about 455 CPU-s in all, 320 on the longest chain
+(clip -> teacher -> distill mct -> evaluate mct). The distillation dominates: fewer
+iterations cut it proportionally but cost FID (100 instead of 150 iterations: FID 3.65
+instead of 1.12 on the digits features)."""
 
 from __future__ import annotations
 
