@@ -151,7 +151,7 @@ class EvalConfig:
     num_samples: int = 1000
     batch_size: int = 500
     kid_subset_size: int = 450
-    kid_subsets: int = 100
+    kid_subsets: int = 20
     during_samples: int = 300
     grad_var_batches: int = 4
     grid: int = 100
