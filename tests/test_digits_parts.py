@@ -282,7 +282,7 @@ def test_class_metrics():
 def test_noise_cancellation_removes_all_gradient_noise_when_scores_agree():
     """With the student equal to the teacher, delta = 0: the E-step's eps is pure linear noise,
     so with noise cancellation the M-step gradient is exactly 0 while without it it is not."""
-    from mct.benchmarks.digits import mstep_gradient_variance
+    from mct.distill.diagnostics import mstep_gradient_variance
 
     den = EDMPrecond(_randomise(SmallUNet(8, 1, label_dim=10, model_channels=8)), sigma_data=0.5)
     den.requires_grad_(False)
