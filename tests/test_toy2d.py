@@ -72,6 +72,7 @@ def test_resume_requires_checkpoint(tmp_path, capsys):
     ({"em": {"gamma_z": -1.0}}, "gamma_z must be in [0, 1)"),
     ({"train": {"sigma": {"kind": "uniform"}}}, "kind must be 'loguniform' or 'lognormal'"),
     ({"variants": {"bad": {"em": {"reparam": "yes"}}}}, "benchmarks.toy2d.variants.bad.em.reparam must be true or false"),
+    ({"num_threads": -1}, "num_threads must be an integer >= 0"),
 ])
 def test_bad_config_is_one_clear_error_and_writes_nothing(tmp_path, capsys, patch, needle):
     from mct.config import deep_merge
