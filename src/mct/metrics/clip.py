@@ -255,7 +255,7 @@ def train_clip(model, tokenizer, images: Tensor, captions_for: Callable[[Tensor,
 
             raise TrainingDiverged(f"CLIP training loss is not finite at step {step + 1}; lower clip.lr")
         if (step + 1) % 25 == 0 or step + 1 == steps:
-            logs.append({"step": step + 1, "loss": float(loss.detach()),
+            logs.append({"iteration": step + 1, "loss": float(loss.detach()),
                          "logit_scale": float(model.logit_scale.detach().exp())})
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
     model.eval()
