@@ -81,6 +81,17 @@ class Benchmark:
         section["variants"] = variants
         return from_dict(self.config_cls, section, path)
 
+    def setup(self, section: dict, variant: str | None = None):
+        """:meth:`parse`, then apply the section's ``num_threads`` (when it has one; 0 = torch's
+        default). For the stages only: parsing alone (config checks, the workflow) changes nothing."""
+        cfg = self.parse(section, variant)
+        threads = getattr(cfg, "num_threads", 0)
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        return cfg
+
     def variant_names(self, section: dict) -> list[str]:
         return list((section or {}).get("variants", {}) or {})
 

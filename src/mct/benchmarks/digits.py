@@ -271,12 +271,6 @@ class Digits(Benchmark):
 
     # ---- shared pieces
 
-    def _setup(self, section: dict, variant: Optional[str] = None) -> DigitsConfig:
-        cfg = self.parse(section, variant)
-        if cfg.num_threads:
-            torch.set_num_threads(cfg.num_threads)
-        return cfg
-
     def source(self, cfg: DigitsConfig) -> str:
         src = cfg.data.source or SOURCE_FOR_BENCH.get(self.name)
         if not src:
@@ -356,7 +350,7 @@ class Digits(Benchmark):
 
     def teacher_train(self, section: dict, ctx: RunContext) -> dict:
         """Train the EDM teacher -> teacher/{checkpoint.pt, train_log.csv, samples.png}."""
-        cfg = self._setup(section)
+        cfg = self.setup(section)
         tc = cfg.teacher
         split = self.data(cfg)
         out_dir = ensure_writable_dir(self.teacher_dir(ctx))
@@ -436,7 +430,7 @@ class Digits(Benchmark):
 
     def teacher_eval(self, section: dict, ctx: RunContext) -> dict:
         """Score the teacher with Heun at each ``teacher.eval_nfe`` -> teacher/metrics.json."""
-        cfg = self._setup(section)
+        cfg = self.setup(section)
         split = self.data(cfg)
         device = torch.device(ctx.device)
         k = split.train.num_classes
@@ -475,7 +469,7 @@ class Digits(Benchmark):
         real-vs-real floor: train split against held-out split)."""
         from ..metrics.fidelity import features_checkpoint, fidelity_metrics
 
-        cfg = self._setup(section)
+        cfg = self.setup(section)
         fc = cfg.features
         split = self.data(cfg)
         out_dir = ensure_writable_dir(self.features_dir(ctx))
@@ -538,7 +532,7 @@ class Digits(Benchmark):
                 stop_after: Optional[int] = None) -> dict:
         """Distil the teacher into a one-step generator with the variant's EM settings ->
         runs/<variant>/{checkpoint.pt, train_log.csv, eval_log.csv}."""
-        cfg = self._setup(section, variant)
+        cfg = self.setup(section, variant)
         split = self.data(cfg)
         device = torch.device(ctx.device)
         run_dir = ensure_writable_dir(ctx.run_dir(self.name, variant))
@@ -585,7 +579,7 @@ class Digits(Benchmark):
 
     def evaluate(self, section: dict, ctx: RunContext, variant: str) -> dict:
         """Score a distilled generator (one step) -> runs/<variant>/{metrics.json, samples.png}."""
-        cfg = self._setup(section, variant)
+        cfg = self.setup(section, variant)
         split = self.data(cfg)
         device = torch.device(ctx.device)
         k = split.train.num_classes
@@ -630,7 +624,7 @@ class Digits(Benchmark):
     def correct(self, section: dict, ctx: RunContext, variant: str) -> dict:
         """Joint Langevin correction of one-step samples with the generator frozen (ALGORITHM.md
         section 9) -> runs/<variant>/correct/{before.png, after.png, metrics.json}."""
-        cfg = self._setup(section, variant)
+        cfg = self.setup(section, variant)
         cc = cfg.correct
         split = self.data(cfg)
         device = torch.device(ctx.device)

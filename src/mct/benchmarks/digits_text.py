@@ -253,13 +253,6 @@ class DigitsText(Benchmark):
                     "teacher_eval": ("data", "captions", "clip", "teacher", "eval")}
 
     # ------------------------------------------------------------------ helpers
-    def _setup(self, section: dict, variant: Optional[str] = None) -> DigitsTextConfig:
-        """Parse the section (with ``variant``) and apply ``num_threads`` (stages only, not parse)."""
-        cfg = self.parse(section, variant)
-        if cfg.num_threads:
-            torch.set_num_threads(cfg.num_threads)
-        return cfg
-
     def split(self, cfg: DigitsTextConfig):
         from ..data.digits import load_split
 
@@ -333,7 +326,7 @@ class DigitsText(Benchmark):
     def clip(self, section: dict, ctx: RunContext) -> dict:
         from ..metrics.clip import ClipScorer, build_clip, save_clip, tiny_clip_config, train_clip
 
-        cfg = self._setup(section)
+        cfg = self.setup(section)
         c = cfg.clip
         split = self.split(cfg)
         res = split.train.shape[-1]
@@ -405,7 +398,7 @@ class DigitsText(Benchmark):
 
         from ..teachers.trained import teacher_checkpoint
 
-        cfg = self._setup(section)
+        cfg = self.setup(section)
         tc = cfg.teacher
         table = self.stored_cond_table(cfg, ctx)
         split = self.split(cfg)
@@ -506,7 +499,7 @@ class DigitsText(Benchmark):
         save_image_grid(path, grid, nrow=per_class, padding=2)
 
     def teacher_eval(self, section: dict, ctx: RunContext) -> dict:
-        cfg = self._setup(section)
+        cfg = self.setup(section)
         ev = cfg.eval
         split = self.split(cfg)
         scorer, _ = self.load_clip(ctx)
@@ -561,7 +554,7 @@ class DigitsText(Benchmark):
         return FixedSigmaGenerator(g_net, cfg.generator.sigma_g), s_net
 
     def distill(self, section: dict, ctx: RunContext, variant: str, resume: str = "auto", stop_after=None) -> dict:
-        cfg = self._setup(section, variant)
+        cfg = self.setup(section, variant)
         device = torch.device(ctx.device)
         table = self.stored_cond_table(cfg, ctx)
         n_cls, n_tmpl, dim = table.shape
@@ -586,7 +579,7 @@ class DigitsText(Benchmark):
         return summary
 
     def evaluate(self, section: dict, ctx: RunContext, variant: str) -> dict:
-        cfg = self._setup(section, variant)
+        cfg = self.setup(section, variant)
         ev = cfg.eval
         run_dir = ctx.run_dir(self.name, variant)
         ckpt = run_dir / "checkpoint.pt"

@@ -126,14 +126,8 @@ class Toy2D(Benchmark):
         student = mlp_denoiser(2, cfg.score.hidden, cfg.score.layers, sigma_data=cfg.train.sigma_data)
         return gen, student
 
-    def _setup(self, section: dict, variant: str) -> Toy2DConfig:
-        cfg = self.parse(section, variant)
-        if cfg.num_threads:
-            torch.set_num_threads(cfg.num_threads)
-        return cfg
-
     def distill(self, section: dict, ctx: RunContext, variant: str, resume: str = "auto", stop_after=None) -> dict:
-        cfg = self._setup(section, variant)
+        cfg = self.setup(section, variant)
         run_dir = ensure_writable_dir(ctx.run_dir(self.name, variant))
         torch.manual_seed(cfg.train.seed)  # network initialisation is part of the run's seed
         teacher = self.teacher(cfg).to(ctx.device)
@@ -173,7 +167,7 @@ class Toy2D(Benchmark):
         return gen.eval(), state
 
     def evaluate(self, section: dict, ctx: RunContext, variant: str) -> dict:
-        cfg = self._setup(section, variant)
+        cfg = self.setup(section, variant)
         run_dir = ctx.run_dir(self.name, variant)
         gen, state = self.load_generator(cfg, run_dir / "checkpoint.pt")
         teacher = self.teacher(cfg)
