@@ -141,47 +141,46 @@ def ablation_bars(df: pd.DataFrame, metrics: Sequence[str], bench: str) -> Optio
                        f"{bench} ablation bars", "ablation")
 
 
-def k_sweep(df: pd.DataFrame, metrics: Sequence[str], bench: str) -> Optional[Figure]:
-    """Metric against K (df: columns K + metrics, one row per run)."""
+def _sweep(df: pd.DataFrame, metrics: Sequence[str], col: str, xlabel: str, log_base: Optional[int],
+           caption: str, title: str, slug: str) -> Optional[Figure]:
+    """Each metric against one knob ``col`` (mean over the runs at each value), log x axis;
+    ``log_base`` 2 also labels each value as an integer (K), ``None`` keeps matplotlib's ticks."""
     metrics = [m for m in metrics if m in df and df[m].notna().any()]
-    d = df.dropna(subset=["K"])
-    if not metrics or d["K"].nunique() < 2:
+    d = df.dropna(subset=[col])
+    if not metrics or d[col].nunique() < 2:
         return None
     with _style(), _context():
         fig, axes = _new(min(3.4 * len(metrics) + 0.6, 10), 2.8, ncols=len(metrics))
         for ax, m in zip(axes[0], metrics):
-            g = d.dropna(subset=[m]).groupby("K")[m].mean().sort_index()
+            g = d.dropna(subset=[m]).groupby(col)[m].mean().sort_index()
             ax.plot(g.index, g.values, "o-", color=MAIN_COLOR)
-            ax.set_xscale("log", base=2)
-            ax.set_xticks(list(g.index), [str(int(k)) for k in g.index])
-            ax.set_xlabel("K (Langevin steps per E-step)")
+            if log_base is None:
+                ax.set_xscale("log")
+            else:
+                ax.set_xscale("log", base=log_base)
+                ax.set_xticks(list(g.index), [str(int(k)) for k in g.index])
+            ax.set_xlabel(xlabel)
             ax.set_title(metric_label(m))
             ax.margins(y=0.15)
             ax.ticklabel_format(axis="y", useOffset=False)
-        return _render(fig, "K = 1 is the reverse-KL (mode-seeking) gradient of Diff-Instruct/DMD; more steps move "
-                            "the E-step samples toward the teacher and the update toward forward KL (mode-covering). "
-                            "Look for the metric improving from K = 1 to a few steps and then levelling off.",
-                       f"{bench} K sweep", "ksweep")
+        return _render(fig, caption, title, slug)
+
+
+def k_sweep(df: pd.DataFrame, metrics: Sequence[str], bench: str) -> Optional[Figure]:
+    """Metric against K (df: columns K + metrics, one row per run)."""
+    return _sweep(df, metrics, "K", "K (Langevin steps per E-step)", 2,
+                  "K = 1 is the reverse-KL (mode-seeking) gradient of Diff-Instruct/DMD; more steps move "
+                  "the E-step samples toward the teacher and the update toward forward KL (mode-covering). "
+                  "Look for the metric improving from K = 1 to a few steps and then levelling off.",
+                  f"{bench} K sweep", "ksweep")
 
 
 def step_sweep(df: pd.DataFrame, metrics: Sequence[str], bench: str) -> Optional[Figure]:
-    metrics = [m for m in metrics if m in df and df[m].notna().any()]
-    d = df.dropna(subset=["gamma_eps"])
-    if not metrics or d["gamma_eps"].nunique() < 2:
-        return None
-    with _style(), _context():
-        fig, axes = _new(min(3.4 * len(metrics) + 0.6, 10), 2.8, ncols=len(metrics))
-        for ax, m in zip(axes[0], metrics):
-            g = d.dropna(subset=[m]).groupby("gamma_eps")[m].mean().sort_index()
-            ax.plot(g.index, g.values, "o-", color=MAIN_COLOR)
-            ax.set_xscale("log")
-            ax.set_xlabel("\u03b3_eps (Langevin step size)")
-            ax.set_title(metric_label(m))
-            ax.margins(y=0.15)
-            ax.ticklabel_format(axis="y", useOffset=False)
-        return _render(fig, "The reparametrised sampler moves standard-normal variables, so one step size should "
-                            "serve all noise levels: a flat curve over a factor of 16 in step size is the claim.",
-                       f"{bench} step-size sweep", "stepsweep")
+    """Metric against the Langevin step size gamma_eps."""
+    return _sweep(df, metrics, "gamma_eps", "\u03b3_eps (Langevin step size)", None,
+                  "The reparametrised sampler moves standard-normal variables, so one step size should "
+                  "serve all noise levels: a flat curve over a factor of 16 in step size is the claim.",
+                  f"{bench} step-size sweep", "stepsweep")
 
 
 def _smooth(s: pd.Series, n: int) -> pd.Series:
