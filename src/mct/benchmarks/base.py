@@ -16,6 +16,7 @@ from typing import Any
 
 from ..config import deep_merge, from_dict
 from ..errors import ConfigError, MCTError
+from ..io import read_json
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,18 @@ class Benchmark:
 
     def variant_names(self, section: dict) -> list[str]:
         return list((section or {}).get("variants", {}) or {})
+
+    def variant_metrics(self, section: dict, ctx) -> list[tuple[str, dict]]:
+        """(variant, its metrics.json) for every configured variant, for ``summarize``; a missing
+        one is an error naming the command that makes it."""
+        out = []
+        for variant in self.variant_names(section):
+            path = ctx.run_dir(self.name, variant) / "metrics.json"
+            if not path.exists():
+                raise MCTError(f"summarize: {path} is missing; run `mct evaluate --bench {self.name} "
+                               f"--variant {variant}` first")
+            out.append((variant, read_json(path)))
+        return out
 
     def unsupported(self, stage: str):
         raise MCTError(f"benchmark {self.name} has no stage {stage!r} (it has: {', '.join(self.stages)})")

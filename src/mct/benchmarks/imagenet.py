@@ -42,7 +42,7 @@ from ..diffusion.samplers import SAMPLERS, heun_steps_for_nfe
 from ..distill.em import EMConfig
 from ..distill.trainer import TrainConfig, distill, load_checkpoint, load_state_strict
 from ..errors import ConfigError, MCTError
-from ..io import ensure_writable_dir, read_json, save_image_grid, write_csv, write_json
+from ..io import ensure_writable_dir, save_image_grid, write_csv, write_json
 from .base import Benchmark, RunContext
 
 log = logging.getLogger(__name__)
@@ -512,12 +512,7 @@ class ImageNet(Benchmark):
         cols = ["variant", "nfe", "fid", "fid_mean", "fid_seeds", "num_samples", "K", "reparam", "noise_cancel",
                 "init", "gamma_eps", "gamma_z", "sigma_g", "iterations", "train_seconds", "teacher_kind"]
         rows = []
-        for variant in self.variant_names(section):
-            path = ctx.run_dir(self.name, variant) / "metrics.json"
-            if not path.exists():
-                raise MCTError(f"summarize: {path} is missing; run `mct evaluate --bench {self.name} "
-                               f"--variant {variant}` first")
-            m = read_json(path)
+        for _, m in self.variant_metrics(section, ctx):
             row = {c: m.get(c) for c in cols}
             if isinstance(row["fid_seeds"], list):
                 row["fid_seeds"] = " ".join(f"{v:.4f}" for v in row["fid_seeds"])

@@ -363,12 +363,7 @@ class SD15(Benchmark):
         tpath = ctx.bench_dir(self.name) / "teacher" / "metrics.json"
         if tpath.exists():
             rows.append({c: read_json(tpath).get(c) for c in cols} | {"variant": "teacher"})
-        for variant in self.variant_names(section):
-            path = ctx.run_dir(self.name, variant) / "metrics.json"
-            if not path.exists():
-                raise MCTError(f"summarize: {path} is missing; "
-                               f"run `mct evaluate --bench sd15 --variant {variant}` first")
-            m = read_json(path)
+        for _, m in self.variant_metrics(section, ctx):
             rows.append({c: m.get(c) for c in cols})
         write_csv(ctx.bench_dir(self.name) / "summary.csv", rows, fieldnames=cols)
         return rows

@@ -16,8 +16,8 @@ from ..config import to_dict
 from ..diffusion.edm import SigmaDist
 from ..distill.em import EMConfig
 from ..distill.trainer import TrainConfig, distill, load_checkpoint, load_state_strict
-from ..errors import ConfigError, MCTError
-from ..io import ensure_writable_dir, read_json, write_bytes, write_csv, write_json
+from ..errors import ConfigError
+from ..io import ensure_writable_dir, write_bytes, write_csv, write_json
 from ..metrics.toy import toy_metrics
 from ..nets.mlp import MLPGenerator, mlp_denoiser
 from ..teachers.gmm import ring_gmm
@@ -227,11 +227,7 @@ class Toy2D(Benchmark):
         cols = ["variant", "K", "reparam", "noise_cancel", "init", "gamma_eps", "gamma_z", "mode_mass_tv",
                 "modes_covered", "mean_true_logpdf", "energy_distance", "train_seconds"]
         rows = []
-        for variant in self.variant_names(section):
-            path = ctx.run_dir(self.name, variant) / "metrics.json"
-            if not path.exists():
-                raise MCTError(f"summarize: {path} is missing; run `mct evaluate --bench toy2d --variant {variant}` first")
-            m = read_json(path)
+        for _, m in self.variant_metrics(section, ctx):
             rows.append({c: m.get(c) for c in cols})
         write_csv(ctx.bench_dir(self.name) / "summary.csv", rows, fieldnames=cols)
         return rows
