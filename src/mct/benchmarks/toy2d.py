@@ -5,23 +5,21 @@ directly in the exact metrics (ALGORITHM.md sections 7, 10, 11)."""
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..config import to_dict
 from ..diffusion.edm import SigmaDist
 from ..distill.em import EMConfig
-from ..distill.trainer import TrainConfig, distill, load_checkpoint, load_state_strict
+from ..distill.trainer import TrainConfig
 from ..errors import ConfigError
-from ..io import ensure_writable_dir, write_bytes, write_csv, write_json
+from ..io import write_bytes, write_json
 from ..metrics.toy import toy_metrics
 from ..nets.mlp import MLPGenerator, mlp_denoiser
 from ..teachers.gmm import ring_gmm
-from .base import Benchmark, RunContext
+from .base import Benchmark, Parts, RunContext
 
 log = logging.getLogger(__name__)
 
@@ -114,30 +112,27 @@ class Toy2D(Benchmark):
     name = "toy2d"
     config_cls = Toy2DConfig
     stages = ("distill", "evaluate", "summarize")
+    summary_metrics = ("mode_mass_tv", "modes_covered", "mean_true_logpdf", "energy_distance")
 
     @staticmethod
     def teacher(cfg: Toy2DConfig):
         t = cfg.teacher
         return ring_gmm(t.modes, t.radius, t.std, t.weights)
 
-    @staticmethod
-    def networks(cfg: Toy2DConfig):
-        gen = MLPGenerator(2, cfg.generator.hidden, cfg.generator.layers)
-        student = mlp_denoiser(2, cfg.score.hidden, cfg.score.layers, sigma_data=cfg.train.sigma_data)
-        return gen, student
+    def init_kind(self, cfg: Toy2DConfig) -> str:
+        return "teacher" if cfg.init.steps > 0 else "random"
 
-    def distill(self, section: dict, ctx: RunContext, variant: str, resume: str = "auto", stop_after=None) -> dict:
-        cfg = self.setup(section, variant)
-        run_dir = ensure_writable_dir(ctx.run_dir(self.name, variant))
-        torch.manual_seed(cfg.train.seed)  # network initialisation is part of the run's seed
-        teacher = self.teacher(cfg).to(ctx.device)
-        gen, student = self.networks(cfg)
+    def generator_from_record(self, cfg: Toy2DConfig, ctx: RunContext, record: dict):
+        return MLPGenerator(2, cfg.generator.hidden, cfg.generator.layers)
+
+    def build(self, cfg: Toy2DConfig, ctx: RunContext) -> Parts:
         device = torch.device(ctx.device)
-
-        def sample_latents(n, rng):
-            return torch.randn(n, 2, generator=rng, device=device), None
+        teacher = self.teacher(cfg).to(device)
+        gen = self.generator_from_record(cfg, ctx, {})
+        student = mlp_denoiser(2, cfg.score.hidden, cfg.score.layers, sigma_data=cfg.train.sigma_data)
 
         def pre_train(rng):
+            """'Init from teacher' for an analytic teacher: regress g(z) onto D_T(sigma_g z, sigma_g)."""
             init = cfg.init
             if init.steps == 0:
                 return
@@ -151,53 +146,30 @@ class Toy2D(Benchmark):
                 loss.backward()
                 opt.step()
 
-        summary = distill(run_dir, teacher=teacher, generator=gen, student=student, sample_latents=sample_latents,
-                          em=cfg.em, train=cfg.train, resume=resume, pre_train=pre_train, device=device,
-                          progress=ctx.progress, extra_config={"bench": self.name, "variant": variant,
-                                                               "init": to_dict(cfg.init), "teacher": to_dict(cfg.teacher),
-                                                               "generator": to_dict(cfg.generator), "score": to_dict(cfg.score)},
-                          stop_after=stop_after)
-        log.info("toy2d %s: %d iterations in %.1f s", variant, summary["iterations"], summary["train_seconds"])
-        return summary
+        return Parts(teacher, gen, student, {"class": "MLPGenerator"}, pre_train)
 
-    def load_generator(self, cfg: Toy2DConfig, path, ema: bool = True):
-        state = load_checkpoint(path)
-        gen, _ = self.networks(cfg)
-        load_state_strict(gen, state["generator_ema" if ema else "generator"], "generator", path)
-        return gen.eval(), state
+    def latent_sampler(self, cfg: Toy2DConfig, ctx: RunContext):
+        device = torch.device(ctx.device)
+        return lambda n, rng: (torch.randn(n, 2, generator=rng, device=device), None)
 
-    def evaluate(self, section: dict, ctx: RunContext, variant: str) -> dict:
-        cfg = self.setup(section, variant)
-        run_dir = ctx.run_dir(self.name, variant)
-        gen, state = self.load_generator(cfg, run_dir / "checkpoint.pt")
+    def eval_latents(self, cfg: Toy2DConfig, n: int, rng, device):
+        return torch.randn(n, 2, generator=rng, device=device), None
+
+    def score(self, cfg: Toy2DConfig, ctx: RunContext, images, cond, rng) -> dict:
         teacher = self.teacher(cfg)
-        g = torch.Generator().manual_seed(cfg.eval.seed)
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            z = torch.randn(cfg.eval.num_samples, 2, generator=g)
-            x = gen(z)
-        sample_seconds = time.perf_counter() - t0
-        reference = teacher.sample(cfg.eval.num_samples, generator=g)
-        metrics = toy_metrics(x, teacher, reference, cfg.eval.covered_fraction)
-        metrics.update({
-            "variant": variant, "K": cfg.em.num_steps, "reparam": cfg.em.reparam,
-            "noise_cancel": cfg.em.noise_cancel, "gamma_eps": cfg.em.gamma_eps, "gamma_z": cfg.em.gamma_z,
-            "init": "teacher" if cfg.init.steps > 0 else "random", "nfe": 1,
-            "iterations": int(state["iteration"]), "train_seconds": round(float(state.get("seconds", 0.0)), 3),
-            "samples_per_second": round(cfg.eval.num_samples / max(sample_seconds, 1e-9), 1),
-            "seed": cfg.train.seed,
-        })
+        reference = teacher.sample(images.shape[0], generator=rng)
+        return toy_metrics(images, teacher, reference, cfg.eval.covered_fraction)
+
+    def save_samples(self, cfg: Toy2DConfig, ctx: RunContext, run_dir, images, cond, title: str) -> None:
         import io as _io
 
+        teacher = self.teacher(cfg)
         buf = _io.BytesIO()
-        np.savez_compressed(buf, x=x[:5000].numpy().astype(np.float32))
+        np.savez_compressed(buf, x=images[:5000].numpy().astype(np.float32))
         write_bytes(run_dir / "samples.npz", buf.getvalue())
         write_json(ctx.bench_dir(self.name) / "teacher.json", {
             "means": teacher.means.tolist(), "stds": teacher.stds.tolist(), "weights": teacher.weights.tolist()})
-        write_json(run_dir / "metrics.json", metrics)
-        self._scatter(run_dir / "samples.png", x[:5000], teacher, f"toy2d {variant}")
-        return metrics
-
+        self._scatter(run_dir / "samples.png", images[:5000], teacher, title)
     @staticmethod
     def _scatter(path, x, teacher, title):
         import io as _io
@@ -222,15 +194,6 @@ class Toy2D(Benchmark):
         fig.savefig(buf, format="png", bbox_inches="tight")
         plt.close(fig)
         write_bytes(path, buf.getvalue())
-
-    def summarize(self, section: dict, ctx: RunContext) -> list[dict]:
-        cols = ["variant", "K", "reparam", "noise_cancel", "init", "gamma_eps", "gamma_z", "mode_mass_tv",
-                "modes_covered", "mean_true_logpdf", "energy_distance", "train_seconds"]
-        rows = []
-        for _, m in self.variant_metrics(section, ctx):
-            rows.append({c: m.get(c) for c in cols})
-        write_csv(ctx.bench_dir(self.name) / "summary.csv", rows, fieldnames=cols)
-        return rows
 
 
 BENCHMARK = Toy2D()

@@ -59,3 +59,25 @@ def heun_steps_for_nfe(nfe: int) -> int:
     if nfe < 1 or nfe % 2 == 0:
         raise ValueError(f"Heun NFE must be odd and >= 1, got {nfe}")
     return (nfe + 1) // 2
+
+
+@torch.no_grad()
+def sample_at_nfe(denoiser, noise: Tensor, nfe: int, cond: Optional[Tensor] = None, *, sampler: str = "heun",
+                  sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0,
+                  batch_size: Optional[int] = None, progress: bool = False) -> tuple[Tensor, int]:
+    """Samples from unit ``noise`` with ``sampler`` on EDM's Karras levels at ``nfe`` function
+    evaluations, in batches of ``batch_size``: (images on the CPU, NFE measured per batch)."""
+    from tqdm.auto import tqdm
+
+    from .edm import karras_sigmas
+
+    steps = heun_steps_for_nfe(nfe) if sampler == "heun" else nfe
+    sigmas = karras_sigmas(steps, sigma_min, sigma_max, rho, device=noise.device)
+    x_t = noise * sigmas[0]
+    bs = batch_size or noise.shape[0]
+    out, measured = [], 0
+    for i in tqdm(range(0, noise.shape[0], bs), disable=not progress, desc=f"{sampler} nfe={nfe}", leave=False):
+        counter = CountingDenoiser(denoiser)
+        out.append(SAMPLERS[sampler](counter, x_t[i:i + bs], sigmas, None if cond is None else cond[i:i + bs]).cpu())
+        measured = counter.nfe
+    return torch.cat(out), measured

@@ -109,7 +109,8 @@ PRECISIONS = ("fp32", "bf16")
 RUNTIME_KNOBS = ("accumulation", "channels_last", "compile", "find_unused_parameters")
 
 
-def _hashed_train(train: TrainConfig) -> dict:
+def hashed_train(train: TrainConfig) -> dict:
+    """The train section as it enters a run's config hash (runtime knobs left out)."""
     rec = {k: v for k, v in to_dict(train).items() if k not in RUNTIME_KNOBS}
     for key, default in (("precision", "fp32"), ("tf32", False)):
         if rec.get(key) == default:
@@ -267,7 +268,7 @@ def distill(run_dir: str | Path, *, teacher: Callable, generator: nn.Module, stu
     torch.manual_seed(train.seed)
     score_sigma = train.score_sigma or train.sigma
     cfg_record = {"em": to_dict(em), "train": to_dict(train), **(extra_config or {})}
-    cfg_hash = config_hash({**cfg_record, "train": _hashed_train(train)})
+    cfg_hash = config_hash({**cfg_record, "train": hashed_train(train)})
     # the networks as each pass runs them: DDP where gradients are synchronised (the M-step's
     # generator pass, the student's DSM), the bare module elsewhere; then compile, autocast
     gen_ddp, stu_ddp = generator, student

@@ -1,0 +1,155 @@
+"""The stages every embedded image benchmark (digits, mnist, digits-text) shares, written once:
+the teacher scored with its multi-step sampler at each NFE, the joint MCMC correction of the
+main variant's one-step samples, sample grids a reader can see, and the claims table.
+
+A subclass adds its data, teacher and scoring hooks (see :class:`mct.benchmarks.base.Benchmark`)
+and ``teacher_nfes(cfg)`` / ``sampler(cfg)`` / ``teacher_for_eval(cfg, ctx)``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ..errors import MCTError
+from ..io import ensure_writable_dir, read_json, save_image_grid, write_json
+from .base import Benchmark, RunContext
+
+log = logging.getLogger(__name__)
+
+GRID_UPSCALE = 4  # 8x8 digits are unreadable at their own size
+
+
+class ImageBenchmark(Benchmark):
+    num_classes: int = 10
+
+    # ------------------------------------------------------------------ hooks of image benchmarks
+
+    def teacher_nfes(self, cfg) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def sampler(self, cfg) -> dict:
+        """Keyword arguments of :func:`mct.diffusion.samplers.sample_at_nfe` (sampler, sigma range, rho)."""
+        raise NotImplementedError
+
+    def teacher_for_eval(self, cfg, ctx: RunContext):
+        """(teacher as sampled, checkpoint dict) for ``teacher_eval``."""
+        raise NotImplementedError
+
+    def eval_labels(self, cfg, n: int) -> Tensor:
+        """Class labels of the evaluation samples: 0, 1, ..., K-1, 0, ... (one per grid column)."""
+        return torch.arange(n) % self.num_classes
+
+    def teacher_dir(self, ctx: RunContext) -> Path:
+        return ctx.bench_dir(self.name) / "teacher"
+
+    # ------------------------------------------------------------------ written once
+
+    def save_samples(self, cfg, ctx: RunContext, run_dir: Path, images, cond, title: str) -> None:
+        self.grid(run_dir / "samples.png", images, self.eval_labels(cfg, images.shape[0]), cfg)
+
+    def grid(self, path: Path, images: Tensor, labels: Tensor, cfg) -> None:
+        """One column per class, rows of examples, upscaled (nearest) so that a reader sees the digits."""
+        per_class = max(1, min(getattr(cfg.eval, "grid", 100), images.shape[0]) // self.num_classes)
+        cols = [images[labels == c][:per_class] for c in range(self.num_classes)]
+        rows = min(c.shape[0] for c in cols)
+        if rows == 0:
+            return
+        ordered = torch.stack([c[:rows] for c in cols], 1).flatten(0, 1)  # row-major: one column per class
+        up = torch.nn.functional.interpolate(ordered.float(), scale_factor=GRID_UPSCALE, mode="nearest")
+        save_image_grid(path, up, nrow=self.num_classes, padding=2)
+
+    def teacher_eval(self, section: dict, ctx: RunContext) -> dict:
+        """Score the teacher with its sampler at each NFE -> teacher/metrics.json (one row per NFE,
+        and the one-step guess g(z) = D_T(sigma_g z, sigma_g) where distillation starts)."""
+        from ..diffusion.samplers import sample_at_nfe
+        from ..nets.onestep import OneStepGenerator
+
+        cfg = self.setup(section)
+        device = torch.device(ctx.device)
+        teacher, _ = self.teacher_for_eval(cfg, ctx)
+        n, bs = cfg.eval.num_samples, cfg.eval.batch_size
+        rows, images = [], None
+        for nfe in self.teacher_nfes(cfg):
+            rng = torch.Generator(device=device).manual_seed(cfg.eval.seed)
+            z, cond = self.eval_latents(cfg, n, rng, device)
+            t0 = time.perf_counter()
+            images, measured = sample_at_nfe(teacher, z, nfe, cond, batch_size=bs, progress=ctx.progress,
+                                             **self.sampler(cfg))
+            seconds = round(time.perf_counter() - t0, 3)
+            m = self.score(cfg, ctx, images, None if cond is None else cond.cpu(), rng)
+            m.update(nfe=nfe, nfe_measured=measured, sample_seconds=seconds, num_samples=n)
+            rows.append(m)
+            log.info("%s teacher NFE %d: %s", self.name, nfe, ", ".join(
+                f"{k} {m[k]:.4g}" for k in self.summary_metrics[:3] if isinstance(m.get(k), (int, float))))
+        self.grid(self.teacher_dir(ctx) / "samples.png", images, self.eval_labels(cfg, n), cfg)
+        rng = torch.Generator(device=device).manual_seed(cfg.eval.seed)
+        z, cond = self.eval_latents(cfg, n, rng, device)
+        with torch.no_grad():
+            guess = OneStepGenerator(teacher, cfg.sigma_g)
+            x = torch.cat([guess(z[i:i + bs], None if cond is None else cond[i:i + bs]) for i in range(0, n, bs)])
+        init_m = self.score(cfg, ctx, x.cpu(), None if cond is None else cond.cpu(), rng)
+        init_m.update(nfe=1, sigma_g=cfg.sigma_g)
+        out = {"bench": self.name, "guidance": cfg.teacher.guidance, "sampler": self.sampler(cfg)["sampler"],
+               "num_samples": n, "rows": rows, "fid_by_nfe": {str(r["nfe"]): r.get("fid") for r in rows},
+               "real_floor": self.real_floor(cfg, ctx), "init_generator": init_m}
+        write_json(self.teacher_dir(ctx) / "metrics.json", out)
+        return out
+
+    def real_floor(self, cfg, ctx: RunContext) -> Optional[dict]:
+        """FID of real train images against the held-out reference (what sampling noise alone costs)."""
+        path = self.features_file(cfg, ctx).parent / "metrics.json"
+        return read_json(path).get("real_floor") if path.exists() else None
+
+    def features_file(self, cfg, ctx: RunContext) -> Path:
+        return ctx.bench_dir(self.name) / "features" / "checkpoint.pt"
+
+    def correct(self, section: dict, ctx: RunContext, variant: str) -> dict:
+        """Joint Langevin correction of one-step samples with the generator frozen ->
+        runs/<variant>/correct/{before.png, after.png, metrics.json} (metrics.json last)."""
+        from tqdm.auto import tqdm
+
+        from ..distill.correct import mcmc_correct
+
+        cfg = self.setup(section, variant)
+        cc = cfg.correct
+        device = torch.device(ctx.device)
+        out_dir = ensure_writable_dir(ctx.run_dir(self.name, variant) / "correct")
+        (out_dir / "metrics.json").unlink(missing_ok=True)
+        generator, _ = self.load_generator(cfg, ctx, variant)
+        parts = self.build(cfg, ctx)
+        _, state = self.checkpoint_of(cfg, ctx, variant)
+        from ..distill.trainer import load_state_strict
+
+        load_state_strict(parts.student, state["student"], "student score", "checkpoint.pt")
+        parts.student.to(device).eval().requires_grad_(False)
+        rng = torch.Generator(device=device).manual_seed(cc.seed)
+        z, cond = self.eval_latents(cfg, cc.num_samples, rng, device)
+        t0 = time.perf_counter()
+        with tqdm(total=cc.steps, disable=not ctx.progress, desc=f"{self.name} correct", dynamic_ncols=True) as bar:
+            res = mcmc_correct(generator, parts.teacher, parts.student, z, cond, cc, rng, on_chunk=bar.update)
+        seconds = round(time.perf_counter() - t0, 3)
+        cond_cpu = None if cond is None else cond.cpu()
+        scores = {k: self.score(cfg, ctx, res[k].cpu(), cond_cpu, rng) for k in ("before", "after", "generator_at_z_K")}
+        labels = self.eval_labels(cfg, cc.num_samples)
+        self.grid(out_dir / "before.png", res["before"].cpu(), labels, cfg)
+        self.grid(out_dir / "after.png", res["after"].cpu(), labels, cfg)
+        out = {"bench": self.name, "variant": variant, "steps": cc.steps, "sigma": cc.sigma,
+               "gamma_eps": cc.gamma_eps, "gamma_z": cc.gamma_z, "num_samples": cc.num_samples, "seconds": seconds,
+               **scores, "fid_before": scores["before"]["fid"], "fid_after": scores["after"]["fid"],
+               "helped": bool(scores["after"]["fid"] < scores["before"]["fid"]),
+               "z_moved_rms": float((res["z_K"] - z).pow(2).mean().sqrt()),
+               "image_moved_rms": float((res["after"] - res["before"]).pow(2).mean().sqrt())}
+        write_json(out_dir / "metrics.json", out)
+        log.info("%s %s correction (%d steps, sigma %.3g): FID %.3f -> %.3f", self.name, variant, cc.steps,
+                 cc.sigma, out["fid_before"], out["fid_after"])
+        return out
+
+    def require(self, path: Path, command: str) -> Path:
+        if not path.exists():
+            raise MCTError(f"{path} does not exist: run `{command}` first")
+        return path
