@@ -169,7 +169,7 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class CorrectConfig:
-    """Joint MCMC correction (ALGORITHM.md section 9): ``steps`` reparametrised Langevin steps on
+    """Joint MCMC correction (docs/method.md#mcmc-correction): ``steps`` reparametrised Langevin steps on
     (eps, z) at noise level ``sigma`` with the generator frozen; 'after' is D_T(x_s)."""
 
     steps: int = 100
@@ -622,8 +622,8 @@ class Digits(Benchmark):
     # ---- MCMC correction
 
     def correct(self, section: dict, ctx: RunContext, variant: str) -> dict:
-        """Joint Langevin correction of one-step samples with the generator frozen (ALGORITHM.md
-        section 9) -> runs/<variant>/correct/{before.png, after.png, metrics.json}."""
+        """Joint Langevin correction of one-step samples with the generator frozen
+        (docs/method.md#mcmc-correction) -> runs/<variant>/correct/{before.png, after.png, metrics.json}."""
         cfg = self.setup(section, variant)
         cc = cfg.correct
         split = self.data(cfg)
