@@ -1,4 +1,4 @@
-"""The method against closed forms (ALGORITHM.md sections 5, 7, 10)."""
+"""The method against closed forms (docs/method.md#noise-cancellation, #reverse-kl-limit, #exact-teachers)."""
 
 import math
 
@@ -101,7 +101,7 @@ def _gaussian_denoiser(mean, cov):
 @pytest.mark.parametrize("reparam,z_step", [(True, "constant"), (False, "constant"), (True, "sigma2")])
 def test_langevin_matches_closed_form_joint(reparam, z_step):
     """Linear generator + Gaussian teacher + exact student score: long-run chains reach the
-    closed-form joint rho(x_s, z) of ALGORITHM.md section 10."""
+    closed-form joint rho(x_s, z) of docs/method.md#exact-teachers."""
     torch.manual_seed(0)
     dt = torch.float64
     A = torch.tensor([[1.2, 0.3], [-0.4, 0.7]], dtype=dt)

@@ -35,7 +35,7 @@ def edm_pickle(tmp_path):
 
 def test_fixture_is_in_edm_format_and_its_marker_works(edm_pickle, tmp_path):
     path, _, marker = edm_pickle
-    # exactly the globals BENCHMARKS.md lists for an EDM snapshot (numpy 2 spelling here)
+    # exactly the globals an EDM snapshot needs (docs/benchmarks.md#imagenet64) (numpy 2 spelling here)
     assert pickle_globals(path.read_bytes()) == {
         "torch_utils.persistence._reconstruct_persistent_obj", "torch.storage._load_from_bytes",
         "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_parameter", "collections.OrderedDict",
@@ -228,7 +228,7 @@ def _independent_param_count(mc=192, mult=(1, 2, 3, 4), nb=3, attn_res=(32, 16, 
 def test_imagenet64_network_full_size_builds_counts_and_runs():
     from mct.nets.dhariwal import IMAGENET64_KWARGS, DhariwalDenoiser, count_parameters
 
-    assert _independent_param_count() == 295_899_267  # "about 295.9M" (BENCHMARKS.md)
+    assert _independent_param_count() == 295_899_267  # 295.9M (docs/benchmarks.md#imagenet64)
     t0 = time.perf_counter()
     net = DhariwalDenoiser(**IMAGENET64_KWARGS).eval()
     build = time.perf_counter() - t0

@@ -1,6 +1,6 @@
 """imagenet64 / imagenet128: class-conditional ImageNet at paper scale (GPU).
 
-Teachers (BENCHMARKS.md): imagenet64 uses EDM's ``edm-imagenet-64x64-cond-adm.pkl``, read by the
+Teachers (docs/benchmarks.md#imagenet64): imagenet64 uses EDM's ``edm-imagenet-64x64-cond-adm.pkl``, read by the
 safe loader (:mod:`mct.teachers.edm_pickle`) into MCT's own ADM network
 (:class:`mct.nets.dhariwal.DhariwalDenoiser`); imagenet128 uses OpenAI's ADM
 ``128x128_diffusion.pt`` (:mod:`mct.teachers.openai_adm`, VP schedule wrapped to EDM). The

@@ -1,6 +1,6 @@
 """toy2d: an 8-mode 2-D mixture with an exact denoiser as teacher, MLP generator and
 MLP student score. Mode-seeking (K = 1) versus mode-covering (large K) is seen
-directly in the exact metrics (ALGORITHM.md sections 7, 10, 11)."""
+directly in the exact metrics (docs/method.md#reverse-kl-limit, docs/benchmarks.md#toy2d)."""
 
 from __future__ import annotations
 

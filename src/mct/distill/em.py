@@ -1,5 +1,5 @@
 """The EM distillation method as pure functions of tensors and callables
-(ALGORITHM.md sections 3-7). Nothing here knows which teacher or network it has.
+(docs/method.md#the-em-objective to #reverse-kl-limit). Nothing here knows which teacher or network it has.
 
 Shapes: ``z`` and ``eps`` have the data's shape (N, ...); ``sigma`` is (N,).
 ``generator(z, cond)`` is the one-step generator g_theta; ``teacher`` and
@@ -27,7 +27,7 @@ class EMConfig:
 
     num_steps: K Langevin steps in the E-step (K = 1 with gamma_z = 0 is reverse KL).
     gamma_eps, gamma_z: Langevin step sizes on eps and z (gamma_z = 0 freezes z).
-    z_step: 'constant' uses gamma_z at every noise level (ALGORITHM.md section 4); 'sigma2' uses
+    z_step: 'constant' uses gamma_z at every noise level (docs/method.md#z-step-schedule); 'sigma2' uses
         gamma_z * sigma^2 / (sigma^2 + z_step_ref^2). Why: the eps-drift sigma*delta is O(1) at every
         sigma (the point of the reparametrisation), but the z-drift J^T delta scales like 1/sigma^2
         where teacher and student disagree, so a constant gamma_z makes the z-chain unstable at

@@ -37,7 +37,7 @@ class TrainConfig:
     """Optimisation knobs of one distillation run.
 
     score_updates: student-score DSM updates per generator update (a lagging student score
-        breaks the method; ALGORITHM.md section 11).
+        breaks the method; docs/method.md#lessons-from-the-toy).
     score_warmup: DSM updates of the student score on the initial generator before step 1.
     sigma: noise levels of the E/M-step; score_sigma: of the student's DSM (None: same).
     batch_size: the global batch, = per-GPU batch x processes (torchrun) x accumulation;
@@ -218,7 +218,7 @@ def distill(run_dir: str | Path, *, teacher: Callable, generator: nn.Module, stu
             evaluate: Optional[Callable[[nn.Module, int], dict]] = None,
             device: str | torch.device = "cpu", progress: bool = True, extra_config: Optional[dict] = None,
             stop_after: Optional[int] = None) -> dict:
-    """Distil ``teacher`` into the one-step ``generator`` by EM (ALGORITHM.md section 6).
+    """Distil ``teacher`` into the one-step ``generator`` by EM (docs/method.md#training-loop).
 
     Each iteration: draw z0, eps0, sigma; E-step (K Langevin steps); one Adam step on
     the M-step surrogate; EMA of the generator; ``train.score_updates`` DSM steps of the

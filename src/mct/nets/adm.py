@@ -278,7 +278,7 @@ def default_channel_mult(image_size: int) -> tuple:
     return table[image_size]
 
 
-# The released 128x128_diffusion.pt (BENCHMARKS.md): its MODEL_FLAGS.
+# The released 128x128_diffusion.pt (docs/benchmarks.md#imagenet128): its MODEL_FLAGS.
 ADM128_FLAGS: dict[str, Any] = dict(
     image_size=128, num_channels=256, num_res_blocks=2, attention_resolutions="32,16,8", class_cond=True,
     learn_sigma=True, num_heads=4, num_head_channels=-1, num_heads_upsample=-1, resblock_updown=True,

@@ -347,7 +347,7 @@ PRECOND_KWARGS = ("img_resolution", "img_channels", "label_dim", "use_fp16", "si
 UNET_KWARGS = ("augment_dim", "model_channels", "channel_mult", "channel_mult_emb", "num_blocks", "attn_resolutions",
                "dropout", "label_dropout")
 
-# EDM's edm-imagenet-64x64-cond-adm.pkl (BENCHMARKS.md): the init kwargs of its EDMPrecond.
+# EDM's edm-imagenet-64x64-cond-adm.pkl (docs/benchmarks.md#imagenet64): the init kwargs of its EDMPrecond.
 IMAGENET64_KWARGS: dict[str, Any] = dict(
     img_resolution=64, img_channels=3, label_dim=1000, use_fp16=True, sigma_data=0.5, model_type="DhariwalUNet",
     model_channels=192, channel_mult=[1, 2, 3, 4], channel_mult_emb=4, num_blocks=3, attn_resolutions=[32, 16, 8],

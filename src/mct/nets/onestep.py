@@ -1,4 +1,4 @@
-"""The one-step generator of image teachers (ALGORITHM.md section 2):
+"""The one-step generator of image teachers (docs/method.md#one-step-generator):
 ``g_theta(z, c) = D_theta(sigma_g z, sigma_g, c)``, a denoiser evaluated at one fixed
 noise level, so that it can start from the teacher's own weights."""
 

@@ -1,6 +1,6 @@
 """Reading the results tree defensively.
 
-The benchmarks write ``<results_dir>/<bench>/...`` (see ARCHITECTURE.md); any subset
+The benchmarks write ``<results_dir>/<bench>/...`` (docs/benchmarks.md#where-results-live); any subset
 may exist and the JSON keys are still settling. Everything here reads what is there,
 never raises on a missing or unreadable file, and remembers what it looked for and
 did not find, so that the report can say so next to the section that needed it.

@@ -1,7 +1,7 @@
 """The one teacher interface and the wrappers that bring other conventions to it.
 
 Every teacher is a :class:`Denoiser`: ``D(x, sigma, cond) ~= E[x | x_s]`` in the
-EDM convention ``x_s = x + sigma n`` (ALGORITHM.md section 1). The algorithm never
+EDM convention ``x_s = x + sigma n`` (docs/method.md#edm-convention). The algorithm never
 knows which teacher it has."""
 
 from __future__ import annotations

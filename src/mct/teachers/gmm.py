@@ -1,4 +1,4 @@
-"""Exact mixture-of-Gaussians teacher (ALGORITHM.md section 10).
+"""Exact mixture-of-Gaussians teacher (docs/method.md#exact-teachers).
 
 For sum_k pi_k N(mu_k, s_k^2 I) with v_k = s_k^2 + sigma^2 and responsibilities
 r_k(x) prop pi_k N(x; mu_k, v_k I):

@@ -5,7 +5,7 @@ scheduler's discrete variance-preserving schedule (``alphas_cumprod`` computed b
 diffusers' own ``DDPMScheduler`` from the scheduler config), the CLIP text encoder
 and tokenizer, and the ``AutoencoderKL`` (used to decode for evaluation only).
 
-Latent space and the EDM convention (ALGORITHM.md section 1): the data ``x`` is the
+Latent space and the EDM convention (docs/method.md#variance-preserving-teachers): the data ``x`` is the
 VAE latent already multiplied by the VAE's ``scaling_factor`` (from its config),
 ``x_s = x + sigma n``; the U-Net sees ``x_t = x_s / sqrt(1 + sigma^2)`` at the
 fractional timestep whose ``sigma_edm = sqrt((1 - abar_t) / abar_t)`` equals
@@ -98,7 +98,7 @@ class SDUNetDenoiser(VPToEDM):
 
 
 class FixedSigmaGenerator(nn.Module):
-    """One-step generator g(z, c) = D_theta(sigma_g z, sigma_g, c) (ALGORITHM.md section 2)."""
+    """One-step generator g(z, c) = D_theta(sigma_g z, sigma_g, c) (docs/method.md#one-step-generator)."""
 
     def __init__(self, denoiser: nn.Module, sigma_g: float):
         super().__init__()
