@@ -15,7 +15,6 @@ after.png, metrics.json}``, ``summary.csv`` and ``summary.json`` (the claims che
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +28,6 @@ from ..distill.correct import CorrectConfig
 from ..distill.em import EMConfig
 from ..distill.trainer import TrainConfig
 from ..errors import ConfigError
-from ..nets.onestep import OneStepGenerator
 from ..nets.unet import UNetConfig
 from .base import Parts, RunContext
 from .images import ImageBenchmark
@@ -212,12 +210,13 @@ class Digits(ImageBenchmark):
         return self._splits[key]
 
     def teacher_net(self, cfg: DigitsConfig, ctx: RunContext):
-        from ..teachers.trained import load_trained_teacher
+        """(the trained teacher's EMA network, frozen; its architecture record)."""
+        from ..teachers import registry
 
         split = self.data(cfg)
         c, h, _ = split.train.shape
         path = self.require(self.teacher_dir(ctx) / "checkpoint.pt", f"mct teacher train --bench {self.name}")
-        return load_trained_teacher(path, "ema", device=ctx.device, expect={
+        return registry.load("trained", path, device=ctx.device, expect={
             "img_resolution": h, "in_channels": c, "label_dim": split.train.num_classes})
 
     def guided(self, cfg: DigitsConfig, net):
@@ -243,26 +242,17 @@ class Digits(ImageBenchmark):
     # ---- distillation hooks
 
     def build(self, cfg: DigitsConfig, ctx: RunContext) -> Parts:
-        from ..teachers.trained import build_teacher_net
+        from ..distill.init import init_networks
 
-        net, _ = self.teacher_net(cfg, ctx)
-        arch = net.model.arch()
-        if cfg.init == "teacher":
-            gen_net, student = copy.deepcopy(net), copy.deepcopy(net)
-        else:
-            torch.manual_seed(cfg.train.seed + 1)
-            gen_net, student = build_teacher_net(arch, net.sigma_data), build_teacher_net(arch, net.sigma_data)
-        for m in (gen_net, student):
-            m.to(ctx.device).train().requires_grad_(True)
-        return Parts(self.guided(cfg, net), OneStepGenerator(gen_net, cfg.sigma_g), student,
-                     {"unet": arch, "sigma_data": net.sigma_data, "sigma_g": cfg.sigma_g})
+        net, arch = self.teacher_net(cfg, ctx)
+        record = {"teacher": arch, "sigma_g": cfg.sigma_g}
+        generator, student = init_networks(net, record, cfg.init, seed=cfg.train.seed + 1)
+        return Parts(self.guided(cfg, net), generator, student, record)
 
     def generator_from_record(self, cfg: DigitsConfig, ctx: RunContext, record: dict):
-        from ..teachers.trained import build_teacher_net
+        from ..distill.init import generator_from_record
 
-        if "unet" not in record:
-            return super().generator_from_record(cfg, ctx, record)
-        return OneStepGenerator(build_teacher_net(record["unet"], record["sigma_data"]), record["sigma_g"])
+        return generator_from_record(record)
 
     def condition(self, cfg: DigitsConfig, labels: Tensor) -> Tensor:
         """Class labels, or the null label everywhere when the run distils the unconditional branch."""

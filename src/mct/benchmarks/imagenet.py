@@ -23,10 +23,8 @@ trust-on-first-use lock file), ``teacher_eval`` (the teacher's own FID with EDM'
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,14 +34,14 @@ from urllib.parse import urlparse
 import torch
 from torch import Tensor, nn
 
-from ..config import deep_merge, to_dict
-from ..diffusion.edm import SigmaDist, karras_sigmas
-from ..diffusion.samplers import SAMPLERS, heun_steps_for_nfe
+from ..config import deep_merge
+from ..diffusion.edm import SigmaDist
+from ..diffusion.samplers import SAMPLERS
 from ..distill.em import EMConfig
-from ..distill.trainer import TrainConfig, distill, load_checkpoint, load_state_strict
+from ..distill.trainer import TrainConfig
 from ..errors import ConfigError, MCTError
-from ..io import ensure_writable_dir, save_image_grid, write_csv, write_json
-from .base import Benchmark, RunContext
+from ..io import ensure_writable_dir, save_image_grid, write_json
+from .base import Benchmark, Parts, RunContext
 
 log = logging.getLogger(__name__)
 
@@ -193,19 +191,6 @@ DEFAULTS: dict[str, dict] = {
 }
 
 
-class OneStepGenerator(nn.Module):
-    """g(z, c) = D(sigma_g z, sigma_g, c): a denoiser evaluated at one fixed noise level."""
-
-    def __init__(self, denoiser: nn.Module, sigma_g: float):
-        super().__init__()
-        self.denoiser = denoiser
-        self.sigma_g = float(sigma_g)
-
-    def forward(self, z: Tensor, cond: Optional[Tensor] = None) -> Tensor:
-        sigma = torch.full((z.shape[0],), self.sigma_g, device=z.device, dtype=z.dtype)
-        return self.denoiser(self.sigma_g * z, sigma, cond)
-
-
 def _file_name(url: str) -> str:
     name = Path(urlparse(url).path).name
     if not name:
@@ -222,40 +207,10 @@ def _link(link: Path, target: Path) -> None:
     os.replace(tmp, link)
 
 
-def _set_amp(module: nn.Module, dtype: Optional[torch.dtype]) -> None:
-    for m in module.modules():
-        if hasattr(m, "amp_dtype") and not isinstance(getattr(type(m), "amp_dtype", None), property):
-            m.amp_dtype = dtype
-
-
-def _set_dropout(module: nn.Module, p: float) -> None:
-    from ..nets.dhariwal import UNetBlock
-
-    for m in module.modules():
-        if isinstance(m, UNetBlock):
-            m.dropout = float(p)
-        elif isinstance(m, nn.Dropout):
-            m.p = float(p)
-
-
-def build_network(arch: dict, empty: bool = False) -> nn.Module:
-    """The teacher's architecture as a denoiser, from the record ``arch`` that distillation
-    stores: fresh random weights (``empty=False``) or uninitialised memory to load into."""
-    if arch["kind"] == "edm-pickle":
-        from ..nets.dhariwal import DhariwalDenoiser, uninitialized
-
-        if empty:
-            with uninitialized():
-                return DhariwalDenoiser.from_init_kwargs(arch["init_kwargs"])
-        return DhariwalDenoiser.from_init_kwargs(arch["init_kwargs"])
-    from ..teachers.openai_adm import adm_denoiser, build_adm
-
-    return adm_denoiser(build_adm(arch["flags"], empty=empty), arch["flags"])
-
-
 class ImageNet(Benchmark):
     config_cls = ImageNetConfig
     stages = ("teacher_fetch", "teacher_eval", "distill", "evaluate", "summarize")
+    summary_metrics = ("fid", "fid_mean", "fid_seeds", "num_samples")
 
     def __init__(self, name: str):
         if name not in DEFAULTS:
@@ -264,6 +219,9 @@ class ImageNet(Benchmark):
 
     def parse(self, section: dict, variant: str | None = None, path: str | None = None):
         return super().parse(deep_merge(DEFAULTS[self.name], section or {}), variant, path)
+
+    def settings(self, cfg: ImageNetConfig) -> dict:
+        return {**super().settings(cfg), "sigma_g": cfg.sigma_g, "teacher_kind": cfg.teacher.kind}
 
     # ------------------------------------------------------------------ files
 
@@ -304,7 +262,7 @@ class ImageNet(Benchmark):
             raise MCTError(f"{what} {path} is missing; run `mct teacher fetch --bench {self.name}` first")
         return path
 
-    # ------------------------------------------------------------------ stages
+    # ------------------------------------------------------------------ stages and hooks
 
     def teacher_fetch(self, section: dict, ctx: RunContext) -> dict:
         """Download (or verify) the teacher, the reference statistics and the Inception weights."""
@@ -334,74 +292,46 @@ class ImageNet(Benchmark):
 
     def load_teacher(self, cfg: ImageNetConfig, ctx: RunContext) -> tuple[nn.Module, dict]:
         """The frozen teacher denoiser and the record that rebuilds its architecture."""
-        path = self._require(self.teacher_file(cfg, ctx), "teacher")
-        amp = PRECISIONS[cfg.teacher.precision]
-        if cfg.teacher.kind == "edm-pickle":
-            from ..teachers.edm_pickle import load_edm_denoiser
+        from ..teachers import registry
 
-            net = load_edm_denoiser(path, cfg.teacher.snapshot_key, amp_dtype=amp)
+        path = self._require(self.teacher_file(cfg, ctx), "teacher")
+        flags = {"image_size": cfg.resolution, **cfg.teacher.adm_flags}
+        net, arch = registry.load(cfg.teacher.kind, path, snapshot_key=cfg.teacher.snapshot_key, adm_flags=flags,
+                                  amp_dtype=PRECISIONS[cfg.teacher.precision])
+        if cfg.teacher.kind == "edm-pickle":
             if net.img_resolution != cfg.resolution or net.img_channels != cfg.channels:
                 raise MCTError(f"teacher {path} is {net.img_channels}x{net.img_resolution}^2, the config says "
                                f"{cfg.channels}x{cfg.resolution}^2")
             if net.label_dim != cfg.num_classes:
                 raise MCTError(f"teacher {path} has label_dim {net.label_dim}, the config says {cfg.num_classes}")
-            arch = {"kind": "edm-pickle", "init_kwargs": dict(net.init_kwargs)}
-        else:
-            from ..teachers.openai_adm import load_adm_denoiser
+        elif net.eps_model.unet.num_classes not in (None, cfg.num_classes):
+            raise MCTError(f"teacher {path} has {net.eps_model.unet.num_classes} classes, the config says "
+                           f"{cfg.num_classes}")
+        return net.to(ctx.device), arch
 
-            flags = dict(cfg.teacher.adm_flags)
-            flags.setdefault("image_size", cfg.resolution)
-            net = load_adm_denoiser(path, flags, amp_dtype=amp)
-            unet = net.eps_model.unet
-            if unet.num_classes not in (None, cfg.num_classes):
-                raise MCTError(f"teacher {path} has {unet.num_classes} classes, the config says {cfg.num_classes}")
-            arch = {"kind": "openai-adm", "flags": flags}
-        return net.to(ctx.device).eval().requires_grad_(False), arch
+    def build(self, cfg: ImageNetConfig, ctx: RunContext) -> Parts:
+        from ..distill.init import init_networks
 
-    def _networks(self, cfg: ImageNetConfig, teacher: nn.Module, arch: dict):
-        if cfg.init == "teacher":
-            gen_net, student = copy.deepcopy(teacher), copy.deepcopy(teacher)
-        else:
-            gen_net, student = build_network(arch), build_network(arch)
-        amp = PRECISIONS[cfg.precision]
-        for net in (gen_net, student):
-            net.requires_grad_(True)
-            _set_dropout(net, cfg.dropout)
-            _set_amp(net, amp)
-        return OneStepGenerator(gen_net, cfg.sigma_g), student
-
-    def distill(self, section: dict, ctx: RunContext, variant: str, resume: str = "auto",
-                stop_after: Optional[int] = None) -> dict:
-        cfg = self.parse(section, variant)
-        run_dir = ensure_writable_dir(ctx.run_dir(self.name, variant))
-        device = torch.device(ctx.device)
-        torch.manual_seed(cfg.train.seed)
         teacher, arch = self.load_teacher(cfg, ctx)
-        generator, student = self._networks(cfg, teacher, arch)
-        shape = (cfg.channels, cfg.resolution, cfg.resolution)
+        record = {"teacher": arch, "sigma_g": cfg.sigma_g, "dropout": cfg.dropout, "precision": cfg.precision}
+        generator, student = init_networks(teacher, record, cfg.init)
+        return Parts(teacher, generator, student, record)
+
+    def generator_from_record(self, cfg: ImageNetConfig, ctx: RunContext, record: dict):
+        from ..distill.init import generator_from_record
+
+        if "teacher" not in record:
+            raise MCTError(f"this checkpoint was not written by the {self.name} benchmark (no architecture record)")
+        return generator_from_record(record)
+
+    def latent_sampler(self, cfg: ImageNetConfig, ctx: RunContext):
+        shape, device = (cfg.channels, cfg.resolution, cfg.resolution), torch.device(ctx.device)
 
         def sample_latents(n: int, rng: torch.Generator):
             z = torch.randn((n, *shape), generator=rng, device=device)
-            labels = torch.randint(0, cfg.num_classes, (n,), generator=rng, device=device)
-            return z, labels
+            return z, torch.randint(0, cfg.num_classes, (n,), generator=rng, device=device)
 
-        extra = {"bench": self.name, "variant": variant, "arch": arch, "sigma_g": cfg.sigma_g, "init": cfg.init,
-                 "dropout": cfg.dropout, "precision": cfg.precision, "teacher": to_dict(cfg.teacher),
-                 "data": {"resolution": cfg.resolution, "channels": cfg.channels, "num_classes": cfg.num_classes}}
-        summary = distill(run_dir, teacher=teacher, generator=generator, student=student,
-                          sample_latents=sample_latents, em=cfg.em, train=cfg.train, resume=resume, device=device,
-                          progress=ctx.progress, extra_config=extra, stop_after=stop_after)
-        log.info("%s %s: %d iterations in %.1f s", self.name, variant, summary["iterations"], summary["train_seconds"])
-        return summary
-
-    def load_generator(self, path: Path, ema: bool = True) -> tuple[OneStepGenerator, dict]:
-        state = load_checkpoint(path)
-        rec = state.get("config") or {}
-        if "arch" not in rec or "sigma_g" not in rec:
-            raise MCTError(f"checkpoint {path} was not written by the {self.name} benchmark (no architecture record)")
-        gen = OneStepGenerator(build_network(rec["arch"], empty=True), rec["sigma_g"])
-        load_state_strict(gen, state["generator_ema" if ema else "generator"], "generator", path)
-        return gen.eval().requires_grad_(False), state
+        return sample_latents
 
     def _features(self, cfg: ImageNetConfig, ctx: RunContext):
         from ..metrics.inception import FeatureNet, load_reference_stats
@@ -416,7 +346,7 @@ class ImageNet(Benchmark):
         return feats, ref_mu, ref_sigma
 
     def _score(self, cfg: ImageNetConfig, ctx: RunContext, make_images, num_samples: int, seeds, grid_path: Path):
-        """FID over seeds of class-balanced samples; ``make_images(z, labels)`` -> images in [-1, 1]."""
+        """FID over seeds of class-balanced samples, streamed; ``make_images(z, labels)`` -> images in [-1, 1]."""
         from ..metrics.inception import class_balanced_labels, fid_over_seeds
 
         feats, ref_mu, ref_sigma = self._features(cfg, ctx)
@@ -442,83 +372,59 @@ class ImageNet(Benchmark):
         t0 = time.perf_counter()
         result = fid_over_seeds(sample_for_seed, feats, ref_mu, ref_sigma, num_samples, list(seeds),
                                 cfg.eval.batch_size, on_batch=keep_grid, progress=ctx.progress)
-        seconds = time.perf_counter() - t0
         if grid:
             save_image_grid(grid_path, torch.cat(grid)[: cfg.eval.grid], nrow=8)
-        result.update({"eval_seconds": round(seconds, 3), "reference": cfg.eval.ref_url,
+        result.update({"eval_seconds": round(time.perf_counter() - t0, 3),
+                       "reference": cfg.eval.ref_path or cfg.eval.ref_url,
                        "feature_extractor": cfg.eval.feature_extractor, "feature_layer": cfg.eval.feature_layer})
         return result
 
-    def _teacher_note(self, cfg: ImageNetConfig) -> Optional[str]:
+    def _teacher_note(self) -> dict:
         if self.name == "imagenet128":
-            return ("the paper's 128x128 teacher is not public; these numbers use OpenAI's ADM "
-                    "128x128_diffusion.pt as teacher (reported MCT/EMD FID 6.0 used the paper's own)")
-        return None
+            return {"teacher_note": "the paper's 128x128 teacher is not public; these numbers use OpenAI's ADM "
+                                    "128x128_diffusion.pt as teacher (reported MCT/EMD FID 6.0 used the paper's own)"}
+        return {}
 
     def evaluate(self, section: dict, ctx: RunContext, variant: str) -> dict:
+        """FID of 50,000 one-step samples per seed, streamed (never all in memory) -> metrics.json last."""
         cfg = self.parse(section, variant)
         run_dir = ctx.run_dir(self.name, variant)
-        gen, state = self.load_generator(run_dir / "checkpoint.pt")
-        gen = gen.to(ctx.device)
-        _set_amp(gen, PRECISIONS[cfg.precision])
+        gen, state = self.load_generator(cfg, ctx, variant)
+        (run_dir / "metrics.json").unlink(missing_ok=True)
         t0 = time.perf_counter()
         result = self._score(cfg, ctx, lambda z, c: gen(z, c), cfg.eval.num_samples, cfg.eval.seeds,
                              run_dir / "samples.png")
         total = cfg.eval.num_samples * len(cfg.eval.seeds)
-        metrics = {
-            "bench": self.name, "variant": variant, "nfe": 1, **result,
-            "K": cfg.em.num_steps, "reparam": cfg.em.reparam, "noise_cancel": cfg.em.noise_cancel,
-            "gamma_eps": cfg.em.gamma_eps, "gamma_z": cfg.em.gamma_z, "init": cfg.init, "sigma_g": cfg.sigma_g,
-            "iterations": int(state["iteration"]), "train_seconds": round(float(state.get("seconds", 0.0)), 3),
-            "samples_per_second_with_features": round(total / max(time.perf_counter() - t0, 1e-9), 2),
-            "teacher_url": cfg.teacher.url, "teacher_kind": cfg.teacher.kind, "seed": cfg.train.seed,
-        }
-        note = self._teacher_note(cfg)
-        if note:
-            metrics["teacher_note"] = note
-        write_json(run_dir / "metrics.json", metrics)
+        metrics = {"bench": self.name, "variant": variant, "nfe": 1, **result, **self.settings(cfg),
+                   "iterations": int(state["iteration"]), "train_seconds": round(float(state.get("seconds", 0.0)), 3),
+                   "samples_per_second_with_features": round(total / max(time.perf_counter() - t0, 1e-9), 2),
+                   "teacher_url": cfg.teacher.url, "seed": cfg.train.seed, "run_hash": self.run_hash(cfg),
+                   **self._teacher_note()}
+        self.write_metrics(run_dir / "metrics.json", metrics)
         log.info("%s %s: FID %.3f (min over seeds %s)", self.name, variant, metrics["fid"], list(cfg.eval.seeds))
         return metrics
 
     def teacher_eval(self, section: dict, ctx: RunContext) -> dict:
         """The teacher's own FID with EDM's sampler at each configured NFE."""
+        from ..diffusion.samplers import sample_at_nfe
+
         cfg = self.parse(section)
         e = cfg.eval
         teacher, _ = self.load_teacher(cfg, ctx)
         n = e.teacher_num_samples or e.num_samples
+        tdir = ctx.bench_dir(self.name) / "teacher"
         rows = []
         for nfe in e.teacher_nfe:
-            steps = heun_steps_for_nfe(nfe) if e.teacher_sampler == "heun" else nfe
-            sigmas = karras_sigmas(steps, e.sigma_min, e.sigma_max, e.rho, device=ctx.device)
-            sampler = SAMPLERS[e.teacher_sampler]
+            def make_images(z, labels, nfe=nfe):
+                return sample_at_nfe(teacher, z, nfe, labels, sampler=e.teacher_sampler, sigma_min=e.sigma_min,
+                                     sigma_max=e.sigma_max, rho=e.rho)[0]
 
-            def make_images(z, labels, sigmas=sigmas, sampler=sampler):
-                return sampler(teacher, z * sigmas[0], sigmas, labels)
-
-            tdir = ctx.bench_dir(self.name) / "teacher"
-            res = self._score(cfg, ctx, make_images, n, e.teacher_seeds, tdir / f"samples_nfe{nfe}.png")
-            rows.append({"nfe": nfe, "sampler": e.teacher_sampler, **res})
-            if nfe == max(e.teacher_nfe):
-                shutil.copyfile(tdir / f"samples_nfe{nfe}.png", tdir / ".samples.png.tmp")
-                os.replace(tdir / ".samples.png.tmp", tdir / "samples.png")
-        out = {"bench": self.name, "teacher_url": cfg.teacher.url, "rows": rows}
-        note = self._teacher_note(cfg)
-        if note:
-            out["teacher_note"] = note
-        write_json(ctx.bench_dir(self.name) / "teacher" / "metrics.json", out)
+            grid = tdir / ("samples.png" if nfe == max(e.teacher_nfe) else f"samples_nfe{nfe}.png")
+            rows.append({"nfe": nfe, "sampler": e.teacher_sampler,
+                         **self._score(cfg, ctx, make_images, n, e.teacher_seeds, grid)})
+        out = {"bench": self.name, "teacher_url": cfg.teacher.url, "rows": rows, **self._teacher_note()}
+        write_json(tdir / "metrics.json", out)
         return out
-
-    def summarize(self, section: dict, ctx: RunContext) -> list[dict]:
-        cols = ["variant", "nfe", "fid", "fid_mean", "fid_seeds", "num_samples", "K", "reparam", "noise_cancel",
-                "init", "gamma_eps", "gamma_z", "sigma_g", "iterations", "train_seconds", "teacher_kind"]
-        rows = []
-        for _, m in self.variant_metrics(section, ctx):
-            row = {c: m.get(c) for c in cols}
-            if isinstance(row["fid_seeds"], list):
-                row["fid_seeds"] = " ".join(f"{v:.4f}" for v in row["fid_seeds"])
-            rows.append(row)
-        write_csv(ctx.bench_dir(self.name) / "summary.csv", rows, fieldnames=cols)
-        return rows
 
 
 def get_benchmark(name: str) -> ImageNet:

@@ -153,3 +153,40 @@ class ImageBenchmark(Benchmark):
         if not path.exists():
             raise MCTError(f"{path} does not exist: run `{command}` first")
         return path
+
+    def summarize(self, section: dict, ctx: RunContext) -> list[dict]:
+        """summary.csv (base), and summary.json: each claim of the benchmark with the numbers that decide it."""
+        rows = super().summarize(section, ctx)
+        by = {r["variant"]: r for r in rows}
+        tpath = self.teacher_dir(ctx) / "metrics.json"
+        teacher = read_json(tpath) if tpath.exists() else {}
+        write_json(ctx.bench_dir(self.name) / "summary.json", {
+            "bench": self.name, "variants": list(by), "claims": self.claims(by, teacher),
+            "teacher_fid_by_nfe": teacher.get("fid_by_nfe"), "real_floor_fid": (teacher.get("real_floor") or {}).get("fid")})
+        return rows
+
+    @staticmethod
+    def claims(by: dict, teacher: dict) -> list[dict]:
+        """The paper's claims on this benchmark, each decided by one number per side (lower FID is
+        better); ``rel_gap`` = (other - mct) / other, to read against the seed-to-seed spread."""
+        mct = by.get("mct")
+        if mct is None:
+            return []
+
+        def claim(text: str, other_name: str, other: float, mine: float, lower_wins: bool = True) -> dict:
+            return {"claim": text, "mct": mine, other_name: other,
+                    "rel_gap": round((other - mine) / other, 4) if other else None,
+                    "holds": bool(mine < other if lower_wins else mine > other)}
+
+        out = []
+        if teacher.get("rows"):
+            top = max(teacher["rows"], key=lambda r: r["nfe"])
+            out.append(claim(f"one-step mct FID <= teacher FID at {top['nfe']} NFE", "teacher", top["fid"],
+                             mct["fid"]) | {"holds": bool(mct["fid"] <= top["fid"])})
+        for v in ("k1", "no-nc", "no-reparam", "random-init"):
+            if v in by:
+                out.append(claim(f"mct beats {v} on FID", v, by[v]["fid"], mct["fid"]))
+        if isinstance(mct.get("mstep_grad_var_nc"), (int, float)):
+            out.append(claim("noise cancellation lowers the M-step gradient variance (same state, same chains)",
+                             "without_nc", mct["mstep_grad_var_no_nc"], mct["mstep_grad_var_nc"]))
+        return out
