@@ -12,9 +12,8 @@ The same roles as Stable Diffusion, tiny and made here:
   embedding size, conditioned on the normalised CLIP text embedding of a caption, trained
   with caption dropout to the null (zero) conditioning; ``mct teacher train``), sampled and
   distilled with classifier-free guidance (:class:`~mct.teachers.base.GuidedDenoiser`);
-- MCT distillation with the one training loop (:func:`mct.distill.trainer.distill`):
-  generator and student score start as copies of the teacher,
-  g(z, c) = D_theta(sigma_g z, sigma_g, c);
+- MCT distillation by the stages written once (:mod:`mct.benchmarks.base`): generator and
+  student score start as copies of the teacher, g(z, c) = D_theta(sigma_g z, sigma_g, c);
 - FID/KID/precision/recall on the digits benchmark's feature network
   (``results/digits/features/checkpoint.pt``) against the held-out split, the CLIP score,
   and how often the digits classifier reads the digit the caption asked for.
@@ -33,10 +32,8 @@ instead of 1.12 on the digits features)."""
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -44,16 +41,15 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from ..config import to_dict
-from ..diffusion.edm import EDMPrecond, SigmaDist, edm_loss, karras_sigmas, sample_sigma
-from ..diffusion.samplers import SAMPLERS, CountingDenoiser, heun_steps_for_nfe
+from ..diffusion.edm import SigmaDist
+from ..diffusion.samplers import SAMPLERS
 from ..distill.em import EMConfig
-from ..distill.trainer import TrainConfig, distill, ema_update, load_checkpoint, load_state_strict
-from ..errors import CheckpointError, ConfigError, MCTError
-from ..io import ensure_writable_dir, read_json, save_image_grid, torch_save, write_csv, write_json
-from ..nets.unet import UNetConfig, build_unet
-from ..teachers.base import GuidedDenoiser
-from .base import Benchmark, RunContext
+from ..distill.trainer import TrainConfig
+from ..errors import CheckpointError, ConfigError
+from ..io import read_json
+from ..nets.unet import UNetConfig
+from .base import Parts, RunContext
+from .images import ImageBenchmark
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +141,7 @@ class DTTeacherConfig:
     Adam, EMA), caption dropout to the null conditioning, and the guidance scale w used when
     it is sampled and distilled."""
 
-    unet: UNetConfig = field(default_factory=lambda: UNetConfig(model_channels=16, channel_mult=(1, 2)))
+    net: UNetConfig = field(default_factory=lambda: UNetConfig(model_channels=16, channel_mult=(1, 2)))
     iterations: int = 600
     batch_size: int = 128
     lr: float = 2e-3
@@ -153,7 +149,7 @@ class DTTeacherConfig:
     cond_drop: float = 0.15
     sigma: SigmaDist = field(default_factory=lambda: SigmaDist("lognormal", 0.002, 80.0, -1.2, 1.2))
     sigma_data: float = 0.5
-    guidance_scale: float = 2.0
+    guidance: float = 2.0
     log_every: int = 50
     seed: int = 0
 
@@ -166,22 +162,8 @@ class DTTeacherConfig:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if not 0 <= self.cond_drop < 1:
             raise ConfigError(f"cond_drop must be in [0, 1), got {self.cond_drop}")
-        if self.guidance_scale < 0:
-            raise ConfigError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
-
-
-@dataclass(frozen=True)
-class DTGeneratorConfig:
-    """sigma_g of g(z, c) = D_theta(sigma_g z, sigma_g, c); init 'teacher' (copies) or 'random'."""
-
-    sigma_g: float = 2.5
-    init: str = "teacher"
-
-    def __post_init__(self):
-        if not self.sigma_g > 0:
-            raise ConfigError(f"sigma_g must be > 0, got {self.sigma_g}")
-        if self.init not in ("teacher", "random"):
-            raise ConfigError(f"init must be 'teacher' or 'random', got {self.init!r}")
+        if self.guidance < 0:
+            raise ConfigError(f"guidance must be >= 0, got {self.guidance}")
 
 
 @dataclass(frozen=True)
@@ -200,11 +182,11 @@ class DTEvalConfig:
     rho: float = 7.0
     features: Optional[str] = None
     prc: bool = True
-    grid_per_class: int = 10
+    grid: int = 100
 
     def __post_init__(self):
-        if self.num_samples < 10 or self.batch_size < 1 or self.teacher_nfe < 1 or self.grid_per_class < 1:
-            raise ConfigError("num_samples must be >= 10; batch_size, teacher_nfe, grid_per_class >= 1")
+        if self.num_samples < 10 or self.batch_size < 1 or self.teacher_nfe < 1 or self.grid < 1:
+            raise ConfigError("num_samples must be >= 10; batch_size, teacher_nfe, grid >= 1")
         if self.teacher_sampler not in SAMPLERS:
             raise ConfigError(f"teacher_sampler must be one of {', '.join(SAMPLERS)}, got {self.teacher_sampler!r}")
         if self.teacher_sampler == "heun" and self.teacher_nfe % 2 == 0:
@@ -221,14 +203,16 @@ def _dt_train_default() -> TrainConfig:
 
 @dataclass(frozen=True)
 class DigitsTextConfig:
-    """The digits-text benchmark section. ``num_threads``: torch CPU threads of each stage
+    """The digits-text benchmark section. ``sigma_g``: of g(z, c) = D_theta(sigma_g z, sigma_g, c);
+    ``init``: 'teacher' (copies) or 'random'. ``num_threads``: torch CPU threads of each stage
     (0 = torch's default; 1 suits these tiny networks and jobs that run side by side)."""
 
     data: DTDataConfig = field(default_factory=DTDataConfig)
     captions: CaptionConfig = field(default_factory=CaptionConfig)
     clip: DTClipConfig = field(default_factory=DTClipConfig)
     teacher: DTTeacherConfig = field(default_factory=DTTeacherConfig)
-    generator: DTGeneratorConfig = field(default_factory=DTGeneratorConfig)
+    sigma_g: float = 2.5
+    init: str = "teacher"
     em: EMConfig = field(default_factory=lambda: EMConfig(num_steps=4, gamma_eps=0.1, gamma_z=0.05))
     train: TrainConfig = field(default_factory=_dt_train_default)
     eval: DTEvalConfig = field(default_factory=DTEvalConfig)
@@ -238,12 +222,15 @@ class DigitsTextConfig:
     def __post_init__(self):
         if self.num_threads < 0:
             raise ConfigError(f"num_threads must be >= 0, got {self.num_threads}")
+        if not self.sigma_g > 0:
+            raise ConfigError(f"sigma_g must be > 0, got {self.sigma_g}")
+        if self.init not in ("teacher", "random"):
+            raise ConfigError(f"init must be 'teacher' or 'random', got {self.init!r}")
 
 
-# ----------------------------------------------------------------------------- the benchmark
 
 
-class DigitsText(Benchmark):
+class DigitsText(ImageBenchmark):
     name = "digits-text"
     config_cls = DigitsTextConfig
     stages = ("clip", "teacher_train", "teacher_eval", "distill", "evaluate", "summarize")
@@ -251,8 +238,12 @@ class DigitsText(Benchmark):
     stage_params = {"clip": ("data", "captions", "clip"),
                     "teacher_train": ("data", "captions", "clip", "teacher"),
                     "teacher_eval": ("data", "captions", "clip", "teacher", "eval")}
+    summary_metrics = ("fid", "kid_mean", "precision", "recall", "clip_score", "clip_score_real", "class_accuracy",
+                       "fid_real_floor")
 
-    # ------------------------------------------------------------------ helpers
+    def settings(self, cfg: DigitsTextConfig) -> dict:
+        return {**super().settings(cfg), "sigma_g": cfg.sigma_g, "guidance": cfg.teacher.guidance}
+
     def split(self, cfg: DigitsTextConfig):
         from ..data.digits import load_split
 
@@ -261,10 +252,7 @@ class DigitsText(Benchmark):
     def clip_path(self, ctx: RunContext) -> Path:
         return ctx.bench_dir(self.name) / "clip" / "checkpoint.pt"
 
-    def teacher_path(self, ctx: RunContext) -> Path:
-        return ctx.bench_dir(self.name) / "teacher" / "checkpoint.pt"
-
-    def features_path(self, cfg: DigitsTextConfig, ctx: RunContext) -> Path:
+    def features_file(self, cfg: DigitsTextConfig, ctx: RunContext) -> Path:
         return Path(cfg.eval.features) if cfg.eval.features else ctx.bench_dir("digits") / "features" / "checkpoint.pt"
 
     def read_clip(self, ctx: RunContext) -> dict:
@@ -315,14 +303,12 @@ class DigitsText(Benchmark):
                                   f"rerun `mct clip --bench {self.name}`")
         return table.to(ctx.device)
 
-    def eval_conditions(self, cfg: DigitsTextConfig, n: int, num_classes: int = 10):
-        """Balanced labels (0..9 repeated) and cycled templates: labels, template indices, captions."""
-        labels = torch.arange(n) % num_classes
-        tmpl = (torch.arange(n) // num_classes) % len(cfg.captions.templates)
-        caps = [make_caption(int(c), cfg.captions.templates[int(t)]) for c, t in zip(labels, tmpl)]
-        return labels, tmpl, caps
+    def eval_captions(self, cfg: DigitsTextConfig, n: int) -> tuple[Tensor, list[str]]:
+        """Template index and caption of each evaluation sample: balanced labels, cycled templates."""
+        labels = self.eval_labels(cfg, n)
+        tmpl = (torch.arange(n) // self.num_classes) % len(cfg.captions.templates)
+        return tmpl, [make_caption(int(c), cfg.captions.templates[int(t)]) for c, t in zip(labels, tmpl)]
 
-    # ------------------------------------------------------------------ clip
     def clip(self, section: dict, ctx: RunContext) -> dict:
         from ..metrics.clip import ClipScorer, build_clip, save_clip, tiny_clip_config, train_clip
 
@@ -388,181 +374,63 @@ class DigitsText(Benchmark):
                 "num_heldout": int(labels.numel())}
 
     # ------------------------------------------------------------------ teacher
-    def build_net(self, cfg: DigitsTextConfig, shape, cond_dim: int) -> EDMPrecond:
-        c, h, _ = shape
-        unet = build_unet(cfg.teacher.unet, img_resolution=h, in_channels=c, cond_dim=cond_dim)
-        return EDMPrecond(unet, sigma_data=cfg.teacher.sigma_data)
 
     def teacher_train(self, section: dict, ctx: RunContext) -> dict:
-        from tqdm.auto import tqdm
-
-        from ..teachers.trained import teacher_checkpoint
+        """Train the text-conditioned teacher -> teacher/{checkpoint.pt, train_log.csv}."""
+        from ..training.edm_teacher import train_text_teacher
 
         cfg = self.setup(section)
-        tc = cfg.teacher
-        table = self.stored_cond_table(cfg, ctx)
-        split = self.split(cfg)
-        device = torch.device(ctx.device)
-        n_cls, n_tmpl, dim = table.shape
-        out_dir = ensure_writable_dir(ctx.bench_dir(self.name) / "teacher")
-        torch.manual_seed(tc.seed)
-        net = self.build_net(cfg, split.train.shape, dim).to(device).train()
-        ema = copy.deepcopy(net).eval().requires_grad_(False)
-        opt = torch.optim.Adam(net.parameters(), lr=tc.lr)
-        rng = torch.Generator().manual_seed(tc.seed)
-        images, labels = split.train.images.to(device), split.train.labels.to(device)
-        rows = []
-        t0 = time.perf_counter()
-        bar = tqdm(range(tc.iterations), desc="teacher digits-text", disable=not ctx.progress, dynamic_ncols=True,
-                   mininterval=1.0)
-        for it in bar:
-            idx = torch.randint(0, images.shape[0], (tc.batch_size,), generator=rng).to(device)
-            t = torch.randint(0, n_tmpl, (tc.batch_size,), generator=rng).to(device)
-            cond = table[labels[idx], t]
-            drop = (torch.rand(tc.batch_size, generator=rng) < tc.cond_drop).to(device)
-            cond = torch.where(drop[:, None], torch.zeros_like(cond), cond)
-            sigma = sample_sigma(tc.batch_size, tc.sigma, rng).to(device)
-            noise = torch.randn(images[idx].shape, generator=rng).to(device)
-            loss = edm_loss(net, images[idx], sigma, cond, noise, tc.sigma_data)
-            if not torch.isfinite(loss):
-                from ..errors import TrainingDiverged
+        return train_text_teacher(cfg.teacher, self.split(cfg), self.stored_cond_table(cfg, ctx),
+                                  self.teacher_dir(ctx), bench=self.name, device=ctx.device, progress=ctx.progress,
+                                  meta={"templates": list(cfg.captions.templates)})
 
-                raise TrainingDiverged(f"teacher loss is not finite at iteration {it + 1}; lower teacher.lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            ema_update(ema, net, tc.ema_decay)
-            if (it + 1) % tc.log_every == 0 or it + 1 == tc.iterations:
-                rows.append({"iteration": it + 1, "loss": float(loss.detach()),
-                             "seconds": round(time.perf_counter() - t0, 3)})
-                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-        seconds = time.perf_counter() - t0
-        meta = {"bench": self.name, "train_seconds": round(seconds, 3), "guidance_scale": tc.guidance_scale,
-                "cond": "normalised CLIP text embedding x sqrt(dim); null = zeros",
-                "templates": list(cfg.captions.templates)}
-        torch_save(self.teacher_path(ctx), teacher_checkpoint(net, ema, tc.iterations, meta))
-        write_csv(out_dir / "train_log.csv", rows)
-        log.info("digits-text teacher: %d iterations in %.1f s, final loss %.4f", tc.iterations, seconds,
-                 rows[-1]["loss"])
-        return {"iterations": tc.iterations, "train_seconds": round(seconds, 3), "loss": rows[-1]["loss"]}
+    def teacher_net(self, cfg: DigitsTextConfig, ctx: RunContext):
+        """(the teacher's EMA network, frozen; its architecture record), checked against the data."""
+        from ..teachers import registry
 
-    def load_teacher(self, cfg: DigitsTextConfig, ctx: RunContext, cond_dim: int):
-        """The teacher (EMA, frozen), its checkpoint dict and the data shape (C, H, W) it was trained on."""
-        from ..teachers.trained import load_trained_teacher
+        dim = self.stored_cond_table(cfg, ctx).shape[-1]
+        c, h, _ = self.split(cfg).train.shape
+        path = self.require(self.teacher_dir(ctx) / "checkpoint.pt", f"mct teacher train --bench {self.name}")
+        return registry.load("trained", path, device=ctx.device,
+                             expect={"cond_dim": dim, "in_channels": c, "img_resolution": h})
 
-        path = self.teacher_path(ctx)
-        if not path.exists():
-            raise CheckpointError(f"teacher checkpoint {path} does not exist; "
-                                  f"run `mct teacher train --bench {self.name}` first")
-        net, state = load_trained_teacher(path, expect={"cond_dim": cond_dim}, device=ctx.device)
-        c, h = state["arch"]["in_channels"], state["arch"]["img_resolution"]
-        return net, state, (c, h, h)
+    def guided(self, cfg: DigitsTextConfig, net):
+        from ..teachers.base import GuidedDenoiser
 
-    def guided(self, cfg: DigitsTextConfig, net, cond_dim: int) -> GuidedDenoiser:
-        return GuidedDenoiser(net, cfg.teacher.guidance_scale, torch.zeros(cond_dim)).to(next(net.parameters()).device)
+        null = torch.zeros(self.stored_cond_table(cfg, ctx=self._ctx).shape[-1])
+        return GuidedDenoiser(net, cfg.teacher.guidance, null).to(next(net.parameters()).device)
 
-    # ------------------------------------------------------------------ scoring
-    def _score(self, cfg: DigitsTextConfig, ctx: RunContext, images: Tensor, labels: Tensor, captions: list[str],
-               scorer, heldout) -> dict:
-        from ..metrics.classes import class_metrics, predict_classes
-        from ..metrics.clip import clip_score
-        from ..metrics.fidelity import fidelity_metrics, load_feature_net
+    def teacher_for_eval(self, cfg: DigitsTextConfig, ctx: RunContext):
+        self._ctx = ctx
+        net, arch = self.teacher_net(cfg, ctx)
+        return self.guided(cfg, net), arch
 
-        fpath = self.features_path(cfg, ctx)
-        if not fpath.exists():
-            raise CheckpointError(f"feature network {fpath} does not exist; run `mct features --bench digits` first "
-                                  f"(or set benchmarks.{self.name}.eval.features)")
-        fnet = load_feature_net(fpath)
-        want = (heldout.shape[0], heldout.shape[-1])
-        have = (fnet.arch().get("in_channels"), fnet.arch().get("img_resolution"))
-        if have != want:
-            raise CheckpointError(f"feature network {fpath} was trained on {have[0]}x{have[1]}px images, "
-                                  f"digits-text has {want[0]}x{want[1]}px: use the same data.source as digits")
-        metrics = fidelity_metrics(images, heldout.images, fpath, device=ctx.device, prc=cfg.eval.prc)
-        metrics.update(clip_score(scorer, images, captions))
-        pred = predict_classes(fnet.to("cpu"), images.cpu())
-        cm = class_metrics(pred, 10, cond=labels)
-        metrics.update(class_accuracy=cm["class_accuracy"], class_entropy=cm["class_entropy"],
-                       classes_covered=cm["classes_covered"])
-        clip_metrics = read_json(self.clip_path(ctx).parent / "metrics.json") \
-            if (self.clip_path(ctx).parent / "metrics.json").exists() else {}
-        metrics["clip_score_real"] = clip_metrics.get("clip_score_real")
-        fmeta = fpath.parent / "metrics.json"
-        floor = (read_json(fmeta).get("real_floor") or {}) if fmeta.exists() else {}
-        metrics["fid_real_floor"] = floor.get("fid")  # train split vs held-out split (the digits features stage)
-        return metrics
+    def teacher_nfes(self, cfg: DigitsTextConfig) -> tuple[int, ...]:
+        return (cfg.eval.teacher_nfe,)
 
-    def _grid(self, path: Path, images: Tensor, labels: Tensor, per_class: int, upscale: int = 4):
-        """One row per digit (0 at the top), enlarged ``upscale`` times (nearest) to be visible."""
-        rows = [images[labels == c][:per_class] for c in range(10)]
-        grid = torch.nn.functional.interpolate(torch.cat(rows), scale_factor=upscale, mode="nearest")
-        save_image_grid(path, grid, nrow=per_class, padding=2)
-
-    def teacher_eval(self, section: dict, ctx: RunContext) -> dict:
-        cfg = self.setup(section)
+    def sampler(self, cfg: DigitsTextConfig) -> dict:
         ev = cfg.eval
-        split = self.split(cfg)
-        scorer, _ = self.load_clip(ctx)
+        return {"sampler": ev.teacher_sampler, "sigma_min": ev.sigma_min, "sigma_max": ev.sigma_max, "rho": ev.rho}
+
+    # ------------------------------------------------------------------ distillation hooks
+
+    def build(self, cfg: DigitsTextConfig, ctx: RunContext) -> Parts:
+        from ..distill.init import init_networks
+
+        net, arch = self.teacher_for_eval(cfg, ctx)[0].denoiser, self.teacher_net(cfg, ctx)[1]
+        record = {"teacher": arch, "sigma_g": cfg.sigma_g}
+        generator, student = init_networks(net, record, cfg.init, seed=cfg.train.seed + 1)
+        return Parts(self.guided(cfg, net), generator, student, record)
+
+    def generator_from_record(self, cfg: DigitsTextConfig, ctx: RunContext, record: dict):
+        from ..distill.init import generator_from_record
+
+        return generator_from_record(record)
+
+    def latent_sampler(self, cfg: DigitsTextConfig, ctx: RunContext):
         table = self.stored_cond_table(cfg, ctx)
-        net, state, shape = self.load_teacher(cfg, ctx, table.shape[-1])
-        if shape != tuple(split.train.shape):
-            raise CheckpointError(f"the teacher was trained on {shape} images, data.source gives {split.train.shape}; "
-                                  f"retrain it (`mct teacher train --bench {self.name}`)")
-        guided = self.guided(cfg, net, table.shape[-1])
-        labels, tmpl, caps = self.eval_conditions(cfg, ev.num_samples)
-        steps = heun_steps_for_nfe(ev.teacher_nfe) if ev.teacher_sampler == "heun" else ev.teacher_nfe
-        sigmas = karras_sigmas(steps, ev.sigma_min, ev.sigma_max, ev.rho, device=ctx.device)
-        sampler = SAMPLERS[ev.teacher_sampler]
-        g = torch.Generator().manual_seed(ev.seed)
-        out, nfe = [], None
-        t0 = time.perf_counter()
-        for i in range(0, ev.num_samples, ev.batch_size):
-            lab = labels[i:i + ev.batch_size]
-            cond = table[lab.to(ctx.device), tmpl[i:i + ev.batch_size].to(ctx.device)]
-            z = torch.randn((lab.numel(),) + shape, generator=g).to(ctx.device)
-            counter = CountingDenoiser(guided)
-            out.append(sampler(counter, z * sigmas[0], sigmas, cond).clamp(-1, 1).cpu())
-            nfe = counter.nfe
-        sample_seconds = time.perf_counter() - t0
-        images = torch.cat(out)
-        metrics = self._score(cfg, ctx, images, labels, caps, scorer, split.heldout)
-        metrics.update({"variant": "teacher", "nfe": nfe, "sampler": ev.teacher_sampler,
-                        "guidance_scale": cfg.teacher.guidance_scale, "num_samples": ev.num_samples,
-                        "sample_seconds": round(sample_seconds, 3),
-                        "train_seconds": (state.get("meta") or {}).get("train_seconds"),
-                        "iterations": int(state.get("iteration", 0)),
-                        "note": "one NFE = one guided call (conditional and unconditional branches batched)"})
-        out_dir = ctx.bench_dir(self.name) / "teacher"
-        self._grid(out_dir / "samples.png", images, labels, ev.grid_per_class)
-        write_json(out_dir / "metrics.json", metrics)
-        log.info("digits-text teacher (NFE %s): FID %.3f, CLIP score %.2f, class accuracy %.3f", nfe, metrics["fid"],
-                 metrics["clip_score"], metrics["class_accuracy"])
-        return metrics
-
-    # ------------------------------------------------------------------ distillation
-    def networks(self, cfg: DigitsTextConfig, teacher_net: EDMPrecond, shape, cond_dim: int):
-        from ..teachers.sd import FixedSigmaGenerator
-
-        if cfg.generator.init == "teacher":
-            g_net = copy.deepcopy(teacher_net)
-            s_net = copy.deepcopy(teacher_net)
-        else:
-            g_net = self.build_net(cfg, shape, cond_dim)
-            s_net = self.build_net(cfg, shape, cond_dim)
-        for n in (g_net, s_net):
-            n.train().requires_grad_(True)
-        return FixedSigmaGenerator(g_net, cfg.generator.sigma_g), s_net
-
-    def distill(self, section: dict, ctx: RunContext, variant: str, resume: str = "auto", stop_after=None) -> dict:
-        cfg = self.setup(section, variant)
-        device = torch.device(ctx.device)
-        table = self.stored_cond_table(cfg, ctx)
-        n_cls, n_tmpl, dim = table.shape
-        net, _, shape = self.load_teacher(cfg, ctx, dim)
-        teacher = self.guided(cfg, net, dim)
-        torch.manual_seed(cfg.train.seed)
-        gen, student = self.networks(cfg, net, shape, dim)
-        run_dir = ensure_writable_dir(ctx.run_dir(self.name, variant))
+        n_cls, n_tmpl, _ = table.shape
+        shape, device = tuple(self.split(cfg).train.shape), torch.device(ctx.device)
 
         def sample_latents(n, rng):
             lab = torch.randint(0, n_cls, (n,), generator=rng, device=rng.device)
@@ -570,65 +438,59 @@ class DigitsText(Benchmark):
             z = torch.randn((n,) + shape, generator=rng, device=device)
             return z, table[lab.to(device), t.to(device)]
 
-        extra = {"bench": self.name, "variant": variant, "generator": to_dict(cfg.generator),
-                 "guidance_scale": cfg.teacher.guidance_scale}
-        summary = distill(run_dir, teacher=teacher, generator=gen, student=student, sample_latents=sample_latents,
-                          em=cfg.em, train=cfg.train, resume=resume, device=device, progress=ctx.progress,
-                          extra_config=extra, stop_after=stop_after)
-        log.info("digits-text %s: %d iterations in %.1f s", variant, summary["iterations"], summary["train_seconds"])
-        return summary
+        return sample_latents
 
-    def evaluate(self, section: dict, ctx: RunContext, variant: str) -> dict:
-        cfg = self.setup(section, variant)
-        ev = cfg.eval
-        run_dir = ctx.run_dir(self.name, variant)
-        ckpt = run_dir / "checkpoint.pt"
-        if not ckpt.exists():
-            raise MCTError(f"{ckpt} is missing; run `mct distill --bench {self.name} --variant {variant}` first")
-        split = self.split(cfg)
-        scorer, _ = self.load_clip(ctx)
-        table = self.stored_cond_table(cfg, ctx)
-        net, _, shape = self.load_teacher(cfg, ctx, table.shape[-1])
-        gen, _ = self.networks(cfg, net, shape, table.shape[-1])
-        state = load_checkpoint(ckpt)
-        load_state_strict(gen, state["generator_ema"], "generator", ckpt)
-        gen.to(ctx.device).eval().requires_grad_(False)
-        labels, tmpl, caps = self.eval_conditions(cfg, ev.num_samples)
-        g = torch.Generator().manual_seed(ev.seed)
-        out = []
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            for i in range(0, ev.num_samples, ev.batch_size):
-                lab = labels[i:i + ev.batch_size]
-                cond = table[lab.to(ctx.device), tmpl[i:i + ev.batch_size].to(ctx.device)]
-                z = torch.randn((lab.numel(),) + shape, generator=g).to(ctx.device)
-                out.append(gen(z, cond).clamp(-1, 1).cpu())
-        sample_seconds = time.perf_counter() - t0
-        images = torch.cat(out)
-        metrics = self._score(cfg, ctx, images, labels, caps, scorer, split.heldout)
-        metrics.update({"variant": variant, "nfe": 1, "K": cfg.em.num_steps, "reparam": cfg.em.reparam,
-                        "noise_cancel": cfg.em.noise_cancel, "init": cfg.generator.init,
-                        "sigma_g": cfg.generator.sigma_g, "guidance_scale": cfg.teacher.guidance_scale,
-                        "num_samples": ev.num_samples, "iterations": int(state["iteration"]),
-                        "train_seconds": round(float(state.get("seconds", 0.0)), 3),
-                        "sample_seconds": round(sample_seconds, 3), "seed": cfg.train.seed})
-        self._grid(run_dir / "samples.png", images, labels, ev.grid_per_class)
-        write_json(run_dir / "metrics.json", metrics)
-        log.info("digits-text %s: FID %.3f, CLIP score %.2f, class accuracy %.3f", variant, metrics["fid"],
-                 metrics["clip_score"], metrics["class_accuracy"])
+    def eval_latents(self, cfg: DigitsTextConfig, n: int, rng, device):
+        """Latents drawn batch by batch (as the evaluation always drew them) and the caption embeddings."""
+        table = self.stored_cond_table(cfg, self._ctx)
+        shape, bs = tuple(self.split(cfg).train.shape), cfg.eval.batch_size
+        labels, (tmpl, _) = self.eval_labels(cfg, n), self.eval_captions(cfg, n)
+        z = torch.cat([torch.randn((min(bs, n - i),) + shape, generator=rng) for i in range(0, n, bs)])
+        return z.to(device), table[labels.to(table.device), tmpl.to(table.device)].to(device)
+
+    # ------------------------------------------------------------------ scoring
+
+    def score(self, cfg: DigitsTextConfig, ctx: RunContext, images, cond, rng) -> dict:
+        """FID/KID/PR on the digits features, the CLIP score of the captions, class accuracy."""
+        from ..metrics.classes import class_metrics, predict_classes
+        from ..metrics.clip import clip_score
+        from ..metrics.fidelity import fidelity_metrics, load_feature_net
+
+        images = images.clamp(-1, 1)
+        heldout = self.split(cfg).heldout
+        fpath = self.require(self.features_file(cfg, ctx), "mct features --bench digits")
+        fnet = load_feature_net(fpath)
+        want = (heldout.shape[0], heldout.shape[-1])
+        have = (fnet.arch().get("in_channels"), fnet.arch().get("img_resolution"))
+        if have != want:
+            raise CheckpointError(f"feature network {fpath} was trained on {have[0]}x{have[1]}px images, "
+                                  f"digits-text has {want[0]}x{want[1]}px: use the same data.source as digits")
+        labels, (_, captions) = self.eval_labels(cfg, images.shape[0]), self.eval_captions(cfg, images.shape[0])
+        metrics = fidelity_metrics(images, heldout.images, fpath, device=ctx.device, prc=cfg.eval.prc)
+        metrics.update(clip_score(self.load_clip(ctx)[0], images, captions))
+        cm = class_metrics(predict_classes(fnet.to("cpu"), images.cpu()), 10, cond=labels)
+        metrics.update({k: cm[k] for k in ("class_accuracy", "class_entropy", "classes_covered")})
+        clip_json = self.clip_path(ctx).parent / "metrics.json"
+        metrics["clip_score_real"] = read_json(clip_json).get("clip_score_real") if clip_json.exists() else None
+        fmeta = fpath.parent / "metrics.json"
+        metrics["fid_real_floor"] = ((read_json(fmeta).get("real_floor") or {}) if fmeta.exists() else {}).get("fid")
         return metrics
 
-    def summarize(self, section: dict, ctx: RunContext) -> list[dict]:
-        cols = ["variant", "nfe", "fid", "kid_mean", "precision", "recall", "clip_score", "clip_score_real",
-                "class_accuracy", "fid_real_floor", "K", "init", "guidance_scale", "iterations", "train_seconds"]
-        rows = []
-        tpath = ctx.bench_dir(self.name) / "teacher" / "metrics.json"
-        if tpath.exists():
-            rows.append({c: read_json(tpath).get(c) for c in cols} | {"variant": "teacher"})
-        for _, m in self.variant_metrics(section, ctx):
-            rows.append({c: m.get(c) for c in cols})
-        write_csv(ctx.bench_dir(self.name) / "summary.csv", rows, fieldnames=cols)
-        return rows
+    def real_floor(self, cfg, ctx: RunContext):
+        path = self.features_file(cfg, ctx).parent / "metrics.json"
+        return read_json(path).get("real_floor") if path.exists() else None
+
+    def distill(self, section: dict, ctx: RunContext, variant: str, **kw) -> dict:
+        self._ctx = ctx
+        return super().distill(section, ctx, variant, **kw)
+
+    def evaluate(self, section: dict, ctx: RunContext, variant: str) -> dict:
+        self._ctx = ctx
+        return super().evaluate(section, ctx, variant)
+
+    def teacher_eval(self, section: dict, ctx: RunContext) -> dict:
+        self._ctx = ctx
+        return super().teacher_eval(section, ctx)
 
 
 def F_normalize(x: Tensor) -> Tensor:
