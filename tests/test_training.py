@@ -261,3 +261,16 @@ def test_shift_batch_translates_by_whole_pixels_and_fills_background():
         assert torch.equal(y[i], want), (i, dx, dy)
     assert {tuple(s) for s in shifts.tolist()} == {(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1)}
     assert shift_batch(x, 0, g) is x
+
+
+def test_training_and_samplers_import_nothing_above_them():
+    """training/ and diffusion/ sit below distill, benchmarks, report and cli (and load no heavy library)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, mct.training.edm_teacher, mct.training.classifier, mct.training.clip, mct.training.ema, "
+            "mct.diffusion.samplers; print(' '.join(sorted(sys.modules)))")
+    mods = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
+    above = ("mct.distill", "mct.benchmarks", "mct.report", "mct.cli", "mct.workflow", "mct.bench", "open_clip",
+             "diffusers", "transformers", "matplotlib", "torch_fidelity")
+    assert not [m for m in mods if m.split(".")[0] in above or m.startswith(above)]
