@@ -37,9 +37,12 @@ DrawCondition = Callable[[Tensor, torch.Generator], Tensor]
 
 def label_condition(labels: Tensor) -> DrawCondition:
     """Conditions = the class labels of the drawn images (no extra random draw)."""
+    on_device: dict[torch.device, Tensor] = {}  # labels copied once to the training device
 
     def draw(idx: Tensor, rng: torch.Generator) -> Tensor:
-        return labels.to(idx.device)[idx]
+        if idx.device not in on_device:
+            on_device[idx.device] = labels.to(idx.device)
+        return on_device[idx.device][idx]
 
     return draw
 
