@@ -11,7 +11,8 @@ import torch
 
 from mct.errors import CheckpointError, DataError
 from mct.metrics.clip import (ImageDirectory, build_clip, clean_resize, clip_score, fid_against_directory,
-                              load_clip_scorer, preprocess_images, save_clip, tiny_clip_config, train_clip)
+                              load_clip_scorer, preprocess_images)
+from mct.training.clip import save_clip, tiny_clip_config, train_clip
 
 
 @pytest.fixture(scope="module", autouse=True)

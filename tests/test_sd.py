@@ -271,7 +271,8 @@ def test_tiny_sd15_mct_run(tmp_path, sd_dir):
     from PIL import Image
 
     from mct.benchmarks.base import RunContext, get_benchmark
-    from mct.metrics.clip import build_clip, save_clip, tiny_clip_config
+    from mct.metrics.clip import build_clip
+    from mct.training.clip import save_clip, tiny_clip_config
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red bus\na cat on a mat\ntwo dogs playing\na bowl of fruit\n", encoding="utf-8")

@@ -333,21 +333,58 @@ class Digits(ImageBenchmark):
     # ---- the benchmark's own stages
 
     def teacher_train(self, section: dict, ctx: RunContext) -> dict:
-        """Train the EDM teacher -> teacher/{checkpoint.pt, train_log.csv}."""
-        from ..training.edm_teacher import train_label_teacher
+        """Train the class-conditional EDM teacher (label dropout to the null label, for guidance)."""
+        from ..config import to_dict
+        from ..diffusion.edm import EDMPrecond
+        from ..nets.unet import build_unet
+        from ..training.edm_teacher import label_condition, train_edm_teacher
 
         cfg = self.setup(section)
-        return train_label_teacher(cfg.teacher, self.data(cfg), self.teacher_dir(ctx), bench=self.name,
-                                   device=ctx.device, progress=ctx.progress)
+        tc, split = cfg.teacher, self.data(cfg)
+        (c, h, _), k = split.train.shape, split.train.num_classes
+        run = train_edm_teacher(
+            lambda: EDMPrecond(build_unet(tc.net, img_resolution=h, in_channels=c, label_dim=k),
+                               sigma_data=tc.sigma_data),
+            split.train.images, draw_condition=label_condition(split.train.labels), null_cond=torch.tensor(k),
+            iterations=tc.iterations, batch_size=tc.batch_size, lr=tc.lr, lr_warmup=tc.lr_warmup,
+            ema_decay=tc.ema_decay, cond_dropout=tc.label_dropout, sigma=tc.sigma, sigma_data=tc.sigma_data,
+            seed=tc.seed, device=ctx.device, log_every=tc.log_every, progress=ctx.progress,
+            desc=f"{self.name} teacher")
+        return self.save_teacher(ctx, run, tc.iterations, {"num_classes": k, "null_label": k, "config": to_dict(tc)})
 
     def features(self, section: dict, ctx: RunContext) -> dict:
         """Train the classifier -> features/{checkpoint.pt, metrics.json} (held-out accuracy and the
         real-vs-real floor: train split against held-out split)."""
-        from ..training.classifier import train_feature_net
+        from ..io import ensure_writable_dir, torch_save, write_json
+        from ..metrics.classes import predict_classes
+        from ..metrics.fidelity import features_checkpoint, fidelity_metrics
+        from ..nets.classifier import SmallCNN
+        from ..training.classifier import train_classifier
 
         cfg = self.setup(section)
-        return train_feature_net(cfg.features, cfg.eval, self.data(cfg), self.features_file(cfg, ctx).parent,
-                                 bench=self.name, device=ctx.device, progress=ctx.progress)
+        fc, split, device = cfg.features, self.data(cfg), torch.device(ctx.device)
+        c, h, _ = split.train.shape
+        out_dir = ensure_writable_dir(self.features_file(cfg, ctx).parent)
+        run = train_classifier(lambda: SmallCNN(c, h, split.train.num_classes, fc.width, fc.feature_dim, fc.dropout),
+                               split.train.images, split.train.labels, iterations=fc.iterations,
+                               batch_size=fc.batch_size, lr=fc.lr, augment_shift=fc.augment_shift, seed=fc.seed,
+                               device=device, progress=ctx.progress, desc=f"{self.name} features")
+        net = run.net
+        scale = net.calibrate(split.train.images.to(device))
+        acc = {part: float((predict_classes(net, getattr(split, part).images.to(device))
+                            == getattr(split, part).labels).double().mean()) for part in ("heldout", "train")}
+        net.cpu()
+        metrics = {"heldout_accuracy": acc["heldout"], "train_accuracy": acc["train"], "train_seconds": run.seconds,
+                   "params": sum(p.numel() for p in net.parameters()), "feature_dim": fc.feature_dim,
+                   "feature_scale": scale, "train_size": len(split.train), "heldout_size": len(split.heldout)}
+        path = torch_save(out_dir / "checkpoint.pt", features_checkpoint(net, metrics))
+        floor = fidelity_metrics(split.train.images, split.heldout.images, path,
+                                 kid_subset_size=cfg.eval.kid_subset_size, kid_subsets=cfg.eval.kid_subsets,
+                                 device=ctx.device, seed=cfg.eval.seed)
+        metrics["real_floor"] = {**floor, "what": "train split vs held-out split"}
+        write_json(out_dir / "metrics.json", metrics)
+        log.info("%s features: held-out accuracy %.4f, real-vs-real FID %.3f", self.name, acc["heldout"], floor["fid"])
+        return metrics
 
 
 def get_benchmark(name: str) -> Digits:

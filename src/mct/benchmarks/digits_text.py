@@ -310,7 +310,11 @@ class DigitsText(ImageBenchmark):
         return tmpl, [make_caption(int(c), cfg.captions.templates[int(t)]) for c, t in zip(labels, tmpl)]
 
     def clip(self, section: dict, ctx: RunContext) -> dict:
-        from ..metrics.clip import ClipScorer, build_clip, save_clip, tiny_clip_config, train_clip
+        import time
+
+        from ..io import ensure_writable_dir, torch_save, write_csv, write_json
+        from ..metrics.clip import ClipScorer, build_clip
+        from ..training.clip import save_clip, tiny_clip_config, train_clip
 
         cfg = self.setup(section)
         c = cfg.clip
@@ -376,13 +380,24 @@ class DigitsText(ImageBenchmark):
     # ------------------------------------------------------------------ teacher
 
     def teacher_train(self, section: dict, ctx: RunContext) -> dict:
-        """Train the text-conditioned teacher -> teacher/{checkpoint.pt, train_log.csv}."""
-        from ..training.edm_teacher import train_text_teacher
+        """Train the text-conditioned teacher: caption dropout to the null (zero) conditioning."""
+        from ..diffusion.edm import EDMPrecond
+        from ..nets.unet import build_unet
+        from ..training.edm_teacher import table_condition, train_edm_teacher
 
         cfg = self.setup(section)
-        return train_text_teacher(cfg.teacher, self.split(cfg), self.stored_cond_table(cfg, ctx),
-                                  self.teacher_dir(ctx), bench=self.name, device=ctx.device, progress=ctx.progress,
-                                  meta={"templates": list(cfg.captions.templates)})
+        tc, split, table = cfg.teacher, self.split(cfg), self.stored_cond_table(cfg, ctx)
+        (c, h, _), dim = split.train.shape, table.shape[-1]
+        run = train_edm_teacher(
+            lambda: EDMPrecond(build_unet(tc.net, img_resolution=h, in_channels=c, cond_dim=dim),
+                               sigma_data=tc.sigma_data),
+            split.train.images, draw_condition=table_condition(table, split.train.labels), null_cond=torch.zeros(dim),
+            iterations=tc.iterations, batch_size=tc.batch_size, lr=tc.lr, ema_decay=tc.ema_decay,
+            cond_dropout=tc.cond_drop, sigma=tc.sigma, sigma_data=tc.sigma_data, seed=tc.seed, device=ctx.device,
+            rng_device="cpu", log_every=tc.log_every, progress=ctx.progress, desc=f"{self.name} teacher")
+        return self.save_teacher(ctx, run, tc.iterations, {
+            "guidance": tc.guidance, "cond": "normalised CLIP text embedding x sqrt(dim); null = zeros",
+            "templates": list(cfg.captions.templates)})
 
     def teacher_net(self, cfg: DigitsTextConfig, ctx: RunContext):
         """(the teacher's EMA network, frozen; its architecture record), checked against the data."""

@@ -149,6 +149,21 @@ class ImageBenchmark(Benchmark):
                  cc.sigma, out["fid_before"], out["fid_after"])
         return out
 
+    def save_teacher(self, ctx: RunContext, run, iterations: int, meta: dict) -> dict:
+        """Write a trained teacher (:class:`mct.training.edm_teacher.TeacherRun`) -> teacher/{checkpoint.pt,
+        train_log.csv}; ``meta`` is stored in the checkpoint."""
+        from ..io import torch_save, write_csv
+        from ..teachers.trained import teacher_checkpoint
+
+        out_dir = ensure_writable_dir(self.teacher_dir(ctx))
+        params = sum(p.numel() for p in run.net.parameters())
+        meta = {"bench": self.name, "params": params, "train_seconds": run.seconds, **meta}
+        torch_save(out_dir / "checkpoint.pt", teacher_checkpoint(run.net, run.ema, iterations, meta))
+        write_csv(out_dir / "train_log.csv", run.rows)
+        log.info("%s teacher: %d parameters, %d iterations in %.1f s (final loss %.4f)", self.name, params,
+                 iterations, run.seconds, run.rows[-1]["loss"])
+        return {"train_seconds": run.seconds, "params": params, "final_loss": run.rows[-1]["loss"]}
+
     def require(self, path: Path, command: str) -> Path:
         if not path.exists():
             raise MCTError(f"{path} does not exist: run `{command}` first")

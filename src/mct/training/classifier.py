@@ -1,23 +1,24 @@
-"""The feature network's training loop: a small CNN classifier on the train split, with random
-shifts; its penultimate features score FID/KID/precision/recall of the embedded benchmarks."""
+"""The feature-network training loop: a classifier (e.g. :class:`~mct.nets.classifier.SmallCNN`)
+trained with cross-entropy on random integer shifts of the training images.
+
+The classifier's penultimate features are the embedded benchmarks' FID/KID/precision/recall
+space; the shifts keep those features from keying on exact pixel positions, which a
+generator's samples rarely match. Adam with a cosine learning-rate decay over the run."""
 
 from __future__ import annotations
 
-import logging
 import time
-from pathlib import Path
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
-
-from ..io import ensure_writable_dir, torch_save, write_json
-
-log = logging.getLogger(__name__)
+from torch import Tensor, nn
 
 
 def shift_batch(x: Tensor, max_shift: int, rng: torch.Generator) -> Tensor:
-    """Translate each image by an integer offset in [-max_shift, max_shift]^2, filling with -1 (background)."""
+    """Translate each image by an integer offset in [-max_shift, max_shift]^2, filling with -1
+    (the background of images in [-1, 1]); nearest sampling, so pixels move and are not blurred."""
     if max_shift == 0:
         return x
     n, _, h, w = x.shape
@@ -30,48 +31,48 @@ def shift_batch(x: Tensor, max_shift: int, rng: torch.Generator) -> Tensor:
     return F.grid_sample(x + 1, grid, mode="nearest", padding_mode="zeros", align_corners=False) - 1
 
 
-def train_feature_net(fc, ec, split, out_dir: Path, *, bench: str, device="cpu", progress: bool = True) -> dict:
-    """Train SmallCNN on ``split.train`` -> out_dir/{checkpoint.pt, metrics.json} with the held-out
-    accuracy and the real-vs-real floor (train split vs held-out split, KID settings of ``ec``)."""
+@dataclass
+class ClassifierRun:
+    """What :func:`train_classifier` returns: the trained network (eval mode), log rows
+    (``iteration``, ``loss`` = mean over the window, ``lr``) and the training wall time."""
+
+    net: nn.Module
+    rows: list[dict]
+    seconds: float
+
+
+def train_classifier(make_net: Callable[[], nn.Module], images: Tensor, labels: Tensor, *, iterations: int,
+                     batch_size: int, lr: float, augment_shift: int = 0, seed: int = 0, device="cpu",
+                     log_every: int = 100, progress: bool = False, desc: str = "features") -> ClassifierRun:
+    """Train ``make_net()`` (built after ``torch.manual_seed(seed)``) to predict ``labels`` from
+    ``images`` (N, C, H, W) in [-1, 1]: batches drawn with replacement, each image shifted by up
+    to ``augment_shift`` pixels, all draws from one generator on ``device`` seeded with ``seed``."""
     from tqdm.auto import tqdm
 
-    from ..metrics.classes import predict_classes
-    from ..metrics.fidelity import features_checkpoint, fidelity_metrics
-    from ..nets.classifier import SmallCNN
-
-    out_dir = ensure_writable_dir(out_dir)
     device = torch.device(device)
-    c, h, _ = split.train.shape
-    torch.manual_seed(fc.seed)
-    net = SmallCNN(c, h, split.train.num_classes, fc.width, fc.feature_dim, fc.dropout).to(device).train()
-    opt = torch.optim.Adam(net.parameters(), lr=fc.lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, fc.iterations)
-    x_all, y_all = split.train.images.to(device), split.train.labels.to(device)
-    rng = torch.Generator(device=device).manual_seed(fc.seed)
+    torch.manual_seed(seed)
+    net = make_net().to(device).train()
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iterations)
+    x_all, y_all = images.to(device), labels.to(device)
+    rng = torch.Generator(device=device).manual_seed(seed)
+    rows: list[dict] = []
+    running = 0.0
     t0 = time.perf_counter()
-    for _ in tqdm(range(fc.iterations), disable=not progress, desc=f"{bench} features", dynamic_ncols=True,
-                  mininterval=1.0):
-        idx = torch.randint(0, x_all.shape[0], (fc.batch_size,), generator=rng, device=device)
-        x = shift_batch(x_all[idx], fc.augment_shift, rng)
+    for it in tqdm(range(iterations), disable=not progress, desc=desc, dynamic_ncols=True, mininterval=1.0):
+        idx = torch.randint(0, x_all.shape[0], (batch_size,), generator=rng, device=device)
+        x = shift_batch(x_all[idx], augment_shift, rng)
         loss = F.cross_entropy(net(x), y_all[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        lr_used = opt.param_groups[0]["lr"]
         opt.step()
         sched.step()
+        running += float(loss.detach())
+        if (it + 1) % log_every == 0 or it + 1 == iterations:
+            n = log_every if (it + 1) % log_every == 0 else (it + 1) % log_every
+            rows.append({"iteration": it + 1, "loss": running / n, "lr": lr_used})
+            running = 0.0
     seconds = round(time.perf_counter() - t0, 3)
     net.eval()
-    scale = net.calibrate(x_all)
-    acc_ho = float((predict_classes(net, split.heldout.images.to(device)) == split.heldout.labels).double().mean())
-    acc_tr = float((predict_classes(net, split.train.images.to(device)) == split.train.labels).double().mean())
-    net.cpu()
-    metrics = {"heldout_accuracy": acc_ho, "train_accuracy": acc_tr, "train_seconds": seconds,
-               "params": sum(p.numel() for p in net.parameters()), "feature_dim": fc.feature_dim,
-               "feature_scale": scale, "train_size": len(split.train), "heldout_size": len(split.heldout)}
-    path = torch_save(out_dir / "checkpoint.pt", features_checkpoint(net, metrics))
-    floor = fidelity_metrics(split.train.images, split.heldout.images, path, kid_subset_size=ec.kid_subset_size,
-                             kid_subsets=ec.kid_subsets, device=device, seed=ec.seed)
-    metrics["real_floor"] = {**floor, "what": "train split vs held-out split"}
-    write_json(out_dir / "metrics.json", metrics)
-    log.info("%s features: held-out accuracy %.4f, real-vs-real FID %.3f (%.1f s)", bench, acc_ho, floor["fid"],
-             seconds)
-    return metrics
+    return ClassifierRun(net=net, rows=rows, seconds=seconds)
