@@ -28,9 +28,9 @@ from torch.utils.data import Dataset
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
+from ..checkpoint import load_state_strict, read_checkpoint
 from ..errors import CheckpointError, DataError
 from ..nets.classifier import SmallCNN
-from ..checkpoint import load_state_strict, read_checkpoint
 
 log = logging.getLogger(__name__)
 

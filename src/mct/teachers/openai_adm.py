@@ -37,7 +37,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     sd = read_checkpoint(path, expected_format=None)
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
-    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+    if not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CheckpointError(f"checkpoint {path} is not a state dict of tensors")
     return sd
 
@@ -78,7 +78,6 @@ def build_adm(flags: Optional[dict] = None, empty: bool = True) -> ADMUNet:
 
 def load_adm_unet(path: str | Path, flags: Optional[dict] = None, amp_dtype: Optional[torch.dtype] = None) -> ADMUNet:
     """Read an ADM ``.pt`` and load it (strict) into the network its flags describe."""
-
     sd = read_state_dict(path)
     if not is_adm_state_dict(sd):
         raise CheckpointError(f"checkpoint {path} is not a guided-diffusion UNetModel state dict "
