@@ -21,7 +21,8 @@ from mct.benchmarks.toy2d import BENCHMARK as TOY
 from mct.config import from_dict, load_yaml
 from mct.diffusion.edm import EDMPrecond, SigmaDist, append_dims
 from mct.distill.em import EMConfig
-from mct.distill.trainer import TrainConfig, _autocast, _hashed_train, distill
+from mct.distill.step import _autocast
+from mct.distill.trainer import TrainConfig, _hashed_train, distill
 from mct.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]

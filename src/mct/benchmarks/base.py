@@ -201,15 +201,17 @@ class Benchmark:
                  summary["train_seconds"])
         return summary
 
-    def checkpoint_of(self, cfg, ctx: RunContext, variant: str) -> tuple[Path, dict]:
-        """The run's final checkpoint, refused (one line) when it was trained under another config."""
-        from ..distill.trainer import load_checkpoint
+    def checkpoint_of(self, cfg, ctx: RunContext, variant: str,
+                      weights: tuple[str, ...] = ("generator_ema",)) -> tuple[Path, dict]:
+        """The run's final checkpoint (only ``weights`` and the records evaluation needs are read),
+        refused (one line) when it was trained under another config."""
+        from ..checkpoint import read_for_eval
 
         path = ctx.run_dir(self.name, variant) / "checkpoint.pt"
         cmd = f"mct distill --bench {self.name} --variant {variant}"
         if not path.exists():
             raise MCTError(f"{path} does not exist: run `{cmd}` first")
-        state = load_checkpoint(path)
+        state = read_for_eval(path, weights)
         got = (state.get("config") or {}).get("run_hash")
         if got != self.run_hash(cfg):
             raise MCTError(f"{path} was trained under another config than {self.name}/{variant} has now "
@@ -218,11 +220,12 @@ class Benchmark:
 
     def load_generator(self, cfg, ctx: RunContext, variant: str, ema: bool = True):
         """(generator in eval mode with the run's EMA (or raw) weights, checkpoint state)."""
-        from ..distill.trainer import load_state_strict
+        from ..checkpoint import load_state_strict
 
-        path, state = self.checkpoint_of(cfg, ctx, variant)
+        key = "generator_ema" if ema else "generator"
+        path, state = self.checkpoint_of(cfg, ctx, variant, (key,))
         gen = self.generator_from_record(cfg, ctx, state["config"].get("arch") or {})
-        load_state_strict(gen, state["generator_ema" if ema else "generator"], "generator", path)
+        load_state_strict(gen, state[key], "generator", path)
         return gen.to(ctx.device).eval().requires_grad_(False), state
 
     def evaluate(self, section: dict, ctx: RunContext, variant: str) -> dict:

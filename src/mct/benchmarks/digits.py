@@ -316,10 +316,10 @@ class Digits(ImageBenchmark):
         import time
 
         from ..distill.diagnostics import mstep_gradient_variance
-        from ..distill.trainer import load_state_strict
+        from ..checkpoint import load_state_strict
 
         parts = self.build(cfg, ctx)
-        path, state = self.checkpoint_of(cfg, ctx, variant)
+        path, state = self.checkpoint_of(cfg, ctx, variant, ("generator", "student"))
         load_state_strict(parts.generator, state["generator"], "generator", path)
         load_state_strict(parts.student, state["student"], "student score", path)
         parts.generator.eval()

@@ -256,7 +256,7 @@ class DigitsText(ImageBenchmark):
         return Path(cfg.eval.features) if cfg.eval.features else ctx.bench_dir("digits") / "features" / "checkpoint.pt"
 
     def read_clip(self, ctx: RunContext) -> dict:
-        from ..teachers.trained import read_checkpoint
+        from ..checkpoint import read_checkpoint
 
         path = self.clip_path(ctx)
         if not path.exists():
@@ -266,7 +266,7 @@ class DigitsText(ImageBenchmark):
     def load_clip(self, ctx: RunContext):
         """The trained tiny CLIP as a :class:`~mct.metrics.clip.ClipScorer` and its checkpoint dict."""
         from ..metrics.clip import ClipScorer, build_clip
-        from ..teachers.trained import load_strict
+        from ..checkpoint import load_state_strict as load_strict
 
         path = self.clip_path(ctx)
         state = self.read_clip(ctx)

@@ -122,8 +122,8 @@ class ImageBenchmark(Benchmark):
         (out_dir / "metrics.json").unlink(missing_ok=True)
         generator, _ = self.load_generator(cfg, ctx, variant)
         parts = self.build(cfg, ctx)
-        _, state = self.checkpoint_of(cfg, ctx, variant)
-        from ..distill.trainer import load_state_strict
+        _, state = self.checkpoint_of(cfg, ctx, variant, ("student",))
+        from ..checkpoint import load_state_strict
 
         load_state_strict(parts.student, state["student"], "student score", "checkpoint.pt")
         parts.student.to(device).eval().requires_grad_(False)

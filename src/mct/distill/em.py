@@ -7,7 +7,6 @@ Shapes: ``z`` and ``eps`` have the data's shape (N, ...); ``sigma`` is (N,).
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 from typing import Callable, Optional

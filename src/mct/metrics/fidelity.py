@@ -28,9 +28,9 @@ from torch.utils.data import Dataset
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
+from ..checkpoint import load_state_strict, read_checkpoint
 from ..errors import CheckpointError, DataError
 from ..nets.classifier import SmallCNN
-from ..teachers.trained import load_strict, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def load_feature_net(path: str | os.PathLike) -> SmallCNN:
         net = SmallCNN(**state.get("arch", {}))
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path} has an unusable architecture record: {exc}") from None
-    load_strict(net, state.get("state"), "feature network", path)
+    load_state_strict(net, state.get("state"), "feature network", path)
     net.eval().requires_grad_(False)
     with _LOCK:
         _NET_CACHE[key] = net

@@ -35,6 +35,7 @@ from typing import Any, Optional
 
 import torch
 
+from ..checkpoint import load_state_strict
 from ..errors import CheckpointError
 
 PERSISTENCE_VERSION = 6  # torch_utils.persistence._version of EDM
@@ -305,7 +306,6 @@ def load_edm_denoiser(path: str | Path, key: str = "ema", dropout: Optional[floa
     """An EDM ``EDMPrecond(DhariwalUNet)`` snapshot -> MCT's :class:`DhariwalDenoiser`, weights
     loaded with strict key and shape matching, in eval mode. ``dropout`` overrides the recorded
     one (the copy used for distillation usually runs without)."""
-    from ..distill.trainer import load_state_strict
     from ..nets.dhariwal import DhariwalDenoiser, uninitialized
 
     snap = read_edm_snapshot(path, key)

@@ -23,6 +23,7 @@ from typing import Any, Optional
 
 import torch
 
+from ..checkpoint import load_state_strict, read_checkpoint
 from ..errors import CheckpointError
 from ..nets.adm import ADM128_FLAGS, ADMEps, ADMUNet, adm_kwargs_from_flags
 from .base import VPToEDM, linear_vp_alphas_cumprod
@@ -33,18 +34,10 @@ ADM_KEY_HINTS = ("time_embed.0.weight", "input_blocks.0.0.weight", "out.2.weight
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A ``torch.save``-d state dict, read with ``weights_only=True`` (CheckpointError otherwise)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-        raise CheckpointError(f"checkpoint {path} cannot be read as plain weights (weights_only=True): "
-                              f"{type(exc).__name__}: {first}") from None
+    sd = read_checkpoint(path, expected_format=None)
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
-    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+    if not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CheckpointError(f"checkpoint {path} is not a state dict of tensors")
     return sd
 
@@ -85,8 +78,6 @@ def build_adm(flags: Optional[dict] = None, empty: bool = True) -> ADMUNet:
 
 def load_adm_unet(path: str | Path, flags: Optional[dict] = None, amp_dtype: Optional[torch.dtype] = None) -> ADMUNet:
     """Read an ADM ``.pt`` and load it (strict) into the network its flags describe."""
-    from ..distill.trainer import load_state_strict
-
     sd = read_state_dict(path)
     if not is_adm_state_dict(sd):
         raise CheckpointError(f"checkpoint {path} is not a guided-diffusion UNetModel state dict "

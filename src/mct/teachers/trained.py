@@ -15,47 +15,16 @@ that differs from what the caller expects, or weights that do not fit the stored
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import torch
-from torch import nn
 
+from ..checkpoint import load_state_strict, read_checkpoint
 from ..diffusion.edm import EDMPrecond
 from ..errors import CheckpointError, ConfigError
 from ..nets.unet import SmallUNet, unet_from_arch
 
 TEACHER_FORMAT = "mct-teacher-v1"
-
-
-def read_checkpoint(path: str | Path, expected_format: str) -> dict:
-    """``torch.load(weights_only=True)`` with one clear error for a missing, unreadable or foreign file."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    if path.is_dir():
-        raise CheckpointError(f"checkpoint {path} is a directory, not a file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated zip, garbage, refused pickle
-        first = str(exc).splitlines()[0][:200] if str(exc) else ""
-        raise CheckpointError(f"checkpoint {path} cannot be read (truncated or not a checkpoint): "
-                              f"{type(exc).__name__}: {first}") from None
-    if not isinstance(state, dict) or state.get("format") != expected_format:
-        found = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise CheckpointError(f"checkpoint {path} is not an {expected_format} checkpoint (found {found!r})")
-    return state
-
-
-def load_strict(module: nn.Module, state: Any, what: str, path) -> None:
-    """``load_state_dict(strict=True)`` with one readable error when the weights do not fit."""
-    if not isinstance(state, dict):
-        raise CheckpointError(f"checkpoint {path}: the {what} weights are missing")
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = [ln.strip() for ln in str(exc).splitlines() if ln.strip()][:3]
-        raise CheckpointError(f"checkpoint {path}: the {what} weights do not fit its architecture "
-                              f"({' '.join(first)[:300]})") from None
 
 
 def teacher_checkpoint(net: EDMPrecond, ema: EDMPrecond, iteration: int, meta: Optional[dict] = None) -> dict:
@@ -95,6 +64,8 @@ def load_trained_teacher(path: str | Path, which: str = "ema", expect: Optional[
         net = build_teacher_net(arch, float(state.get("sigma_data", 0.5)))
     except (ConfigError, TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path} has an unusable architecture record: {exc}") from None
-    load_strict(net, state.get(which), f"teacher ({which})", path)
+    load_state_strict(net, state.get(which), f"teacher ({which})", path)
     net.to(device).eval().requires_grad_(False)
     return net, state
+
+
