@@ -81,7 +81,10 @@ def load_root(path: str | Path, results_dir: str | None = None) -> tuple[RootCon
 def _context(root: RootConfig, args):
     from .benchmarks.base import RunContext
 
-    device = getattr(args, "device", None) or root.device
+    from .config import check_device
+
+    # the --device flag is validated like the config field, and a CUDA device must exist here
+    device = check_device(getattr(args, "device", None) or root.device, require_available=True)
     return RunContext(results_dir=Path(root.results_dir), device=device,
                       progress=root.progress and not getattr(args, "no_progress", False))
 
@@ -246,6 +249,11 @@ def main(argv: list[str] | None = None) -> int:
     except MCTError as exc:  # one line, whatever the message holds
         message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         print(f"mct: error: {message}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # disk full, permission, a directory in the way: one line naming the path
+        from .io import os_error
+
+        print(f"mct: error: {os_error(exc, action='cannot access')}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mct: interrupted", file=sys.stderr)
