@@ -134,8 +134,10 @@ def _coerce(tp, value, path: str, spec: dict | None = None):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{path} must be an integer, got {_short(value)}")
         lo, hi = spec.get("range") or int_range(spec.get("name", ""))
-        if not lo <= value <= hi:
-            raise ConfigError(f"{path} must be an integer in [{lo}, {hi}], got {_short(value)}")
+        if value > hi:
+            raise ConfigError(f"{path} must be an integer <= {hi:,}, got {_short(value)}")
+        if value < lo:
+            raise ConfigError(f"{path} must be an integer >= {lo:,}, got {_short(value)}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -148,7 +150,7 @@ def _coerce(tp, value, path: str, spec: dict | None = None):
             raise ConfigError(f"{path} must be a finite number, got {value!r}")
         lo, hi = spec.get("range") or (-math.inf, math.inf)
         if not lo <= out <= hi:
-            raise ConfigError(f"{path} must be a number in [{lo}, {hi}], got {value!r}")
+            raise ConfigError(f"{path} must be a number in [{lo:g}, {hi:g}], got {value!r}")
         return out
     if tp is str:
         if not isinstance(value, str):
@@ -314,7 +316,8 @@ def load_yaml(path: str | Path) -> dict:
     except RecursionError:
         raise ConfigError(f"config file {path} is nested too deeply") from None
     except (ValueError, OverflowError, TypeError) as exc:  # e.g. an integer of 10,000 digits, a bad date
-        raise ConfigError(f"config file {path} holds a value YAML cannot convert: {str(exc)[:120]}") from None
+        raise ConfigError(f"config file {path} holds a value YAML cannot convert: "
+                          f"{str(exc).split(';')[0][:120]}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -69,15 +69,29 @@ def _lock_holder(folder: Path) -> str:
         return "pid unknown (it is starting)"
 
 
+_HELD: dict[str, int] = {}  # folders whose lock this process holds -> nesting depth
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_HELD.clear)  # a forked child holds no lock of its parent
+
+
 @contextlib.contextmanager
 def folder_lock(folder: str | os.PathLike, what: str) -> Iterator[Path]:
     """Hold the write lock of ``folder`` (created if needed) for the block. Another holder,
     live, means one MCTError line naming its pid; the flock of a killed holder is released
     by the kernel, so the lock is then simply taken over (its stale pid file overwritten).
+    Re-entrant within a process (a stage may lock a folder the CLI already locked).
     ``what`` names the command for the message, e.g. 'distill toy2d/mct'."""
     import filelock
 
-    folder = ensure_writable_dir(folder)
+    folder = ensure_writable_dir(folder).resolve()
+    key = str(folder)
+    if _HELD.get(key):
+        _HELD[key] += 1
+        try:
+            yield folder
+        finally:
+            _HELD[key] -= 1
+        return
     lock = filelock.FileLock(str(folder / LOCK_NAME), timeout=0)
     try:
         lock.acquire(timeout=0)
@@ -86,12 +100,14 @@ def folder_lock(folder: str | os.PathLike, what: str) -> Iterator[Path]:
                        "wait for it to finish or stop it") from None
     except OSError as exc:
         raise os_error(exc, folder / LOCK_NAME, "cannot lock") from None
+    _HELD[key] = 1
     try:
         write_json(folder / (LOCK_NAME + ".pid"),
                    {"pid": os.getpid(), "host": socket.gethostname(), "what": what,
                     "since": time.strftime("%Y-%m-%dT%H:%M:%S")})
         yield folder
     finally:
+        _HELD.pop(key, None)
         with contextlib.suppress(OSError):
             (folder / (LOCK_NAME + ".pid")).unlink()
         lock.release()
