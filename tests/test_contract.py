@@ -461,6 +461,27 @@ def case_oserror_escaping_a_stage(t, mp):
     return distill(t.toy(TINY)), "Is a directory"
 
 
+def case_report_out_is_a_directory(t, mp):
+    (t.tmp / "report.html").mkdir()
+    cfg = t.write({"benchmarks": {}})
+    return ["report", "--config", str(cfg), "--out", str(t.tmp / "report.html"), "--no-progress"], "it is a directory"
+
+
+def _summarize_with_metrics(t, make) -> list[str]:
+    run = t.results / "toy2d" / "runs" / "mct"
+    run.mkdir(parents=True)
+    make(run / "metrics.json")
+    return ["summarize", "--config", str(t.toy()), "--bench", "toy2d", "--no-progress"]
+
+
+def case_summarize_metrics_is_a_directory(t, mp):
+    return _summarize_with_metrics(t, lambda p: p.mkdir()), "is a directory"
+
+
+def case_summarize_metrics_200k_deep(t, mp):
+    return _summarize_with_metrics(t, lambda p: p.write_text("[" * 200_000 + "]" * 200_000)), "nested too deeply"
+
+
 # --- teacher inspect ---
 
 def _inspect_file(data: bytes | None, name: str = "ckpt.pt", obj=None):
@@ -851,3 +872,18 @@ def test_inspect_of_a_valid_snapshot_still_loads(tmp_path):
 
     text = inspect_checkpoint(_fixture_pickle(tmp_path, "class EDMPrecond: pass\n"))
     assert "loads into MCT: yes" in text and "does NOT match a known EDM release" in text
+
+
+def test_loader_refuses_kwargs_that_claim_a_far_larger_network(tmp_path):
+    """Sane-looking but inflated init kwargs (2048 channels over a tiny network's weights) are refused
+    before the network is allocated."""
+    from paper_fixtures import TINY_EDM_KWARGS, tiny_edm_net, write_edm_pickle
+
+    from mct.errors import CheckpointError
+    from mct.teachers.edm_pickle import load_edm_denoiser
+
+    path = write_edm_pickle(tmp_path / "edm.pkl", tiny_edm_net(), tmp_path / "pwned",
+                            top_kwargs={**TINY_EDM_KWARGS, "model_channels": 2048, "channel_mult": [1, 16]})
+    with pytest.raises(CheckpointError, match="describe .* parameters but it stores"):
+        load_edm_denoiser(path)
+    assert not (tmp_path / "pwned").exists()

@@ -439,10 +439,15 @@ def load_edm_denoiser(path: str | Path, key: str = "ema", dropout: Optional[floa
     if isinstance(kwargs.get("sigma_max"), float) and math.isinf(kwargs["sigma_max"]):
         kwargs["sigma_max"] = float("inf")
     try:
+        with torch.device("meta"), uninitialized():  # the size it claims, before any memory is taken
+            claimed = sum(p.numel() for p in DhariwalDenoiser.from_init_kwargs(kwargs, **overrides).parameters())
+        stored = sum(t.numel() for t in snap.tensors.values())
+        if claimed > 2 * stored + 1_000_000:
+            raise ValueError(f"its init kwargs describe {claimed:,} parameters but it stores {stored:,} values")
         with uninitialized():
             net = DhariwalDenoiser.from_init_kwargs(kwargs, **overrides)
-    except (ValueError, TypeError) as exc:
-        raise CheckpointError(f"checkpoint {path}: cannot build its network: {exc}") from None
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise CheckpointError(f"checkpoint {path}: cannot build its network: {str(exc)[:200]}") from None
     load_state_strict(net, snap.tensors, "EDM network", path)
     net.amp_dtype = amp_dtype
     return net.eval().requires_grad_(False)
