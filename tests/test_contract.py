@@ -887,3 +887,13 @@ def test_loader_refuses_kwargs_that_claim_a_far_larger_network(tmp_path):
     with pytest.raises(CheckpointError, match="describe .* parameters but it stores"):
         load_edm_denoiser(path)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_commands_that_do_not_compute_run_without_the_gpu_the_config_names(tmp_path, capsys, monkeypatch):
+    """device: cuda in the config; on a node without a GPU, summarize reaches its own check (the
+    missing metrics) instead of refusing the device, while distill refuses it."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    t = Tree(tmp_path)
+    cfg = t.toy(device="cuda")
+    expect_one_line(capsys, ["summarize", "--config", str(cfg), "--bench", "toy2d"], "metrics.json is missing")
+    expect_one_line(capsys, distill(cfg), "no CUDA GPU is available")
