@@ -693,7 +693,7 @@ def test_second_writer_gets_one_line_naming_the_holder_pid(tmp_path):
         proc.wait()
 
 
-def test_lock_of_a_killed_holder_is_taken_over(tmp_path):
+def test_lock_of_a_killed_holder_is_taken_over(tmp_path, caplog):
     """kill -9 leaves the lock file and the holder's pid file; the kernel dropped the flock,
     so the next writer takes the lock at once and records itself."""
     folder = tmp_path / "runs" / "mct"
@@ -702,8 +702,9 @@ def test_lock_of_a_killed_holder_is_taken_over(tmp_path):
     proc.wait()
     stale = json.loads((folder / ".mct-lock.pid").read_text())
     assert stale["pid"] == proc.pid  # left behind by the killed holder
-    with mio.folder_lock(folder, "distill toy2d/mct"):
+    with caplog.at_level("WARNING"), mio.folder_lock(folder, "distill toy2d/mct"):
         assert json.loads((folder / ".mct-lock.pid").read_text())["pid"] == os.getpid()
+    assert any(f"left by pid {proc.pid}" in r.getMessage() for r in caplog.records)
     assert not (folder / ".mct-lock.pid").exists()
 
 
@@ -897,3 +898,21 @@ def test_commands_that_do_not_compute_run_without_the_gpu_the_config_names(tmp_p
     cfg = t.toy(device="cuda")
     expect_one_line(capsys, ["summarize", "--config", str(cfg), "--bench", "toy2d"], "metrics.json is missing")
     expect_one_line(capsys, distill(cfg), "no CUDA GPU is available")
+
+
+@pytest.mark.parametrize("argv", [
+    ["config", "check", "--config", "/dev/zero"],
+    ["config", "show", "--config", "LAUGHS", "--bench", "toy2d", "--variant", "mct"],
+])
+def test_real_process_exits_2_with_one_line(tmp_path, argv):
+    """The installed entry point as a process (what Snakemake and users run): one line, status 2."""
+    laughs = tmp_path / "laughs.yaml"
+    lines = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 10)]
+    laughs.write_text("\n".join(lines) + "\nbenchmarks: {toy2d: {variants: {mct: {x: *a9}}}}\n")
+    argv = [str(laughs) if a == "LAUGHS" else a for a in argv]
+    env = dict(os.environ, PYTHONPATH=str(SRC))
+    proc = subprocess.run([sys.executable, "-m", "mct.cli", *argv], capture_output=True, text=True, timeout=120,
+                          env=env, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("mct: error: ") and proc.stdout == ""

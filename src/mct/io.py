@@ -21,6 +21,7 @@ import errno
 import hashlib
 import io as _io
 import json
+import logging
 import os
 import socket
 import stat
@@ -30,6 +31,8 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from .errors import MCTError
+
+log = logging.getLogger(__name__)
 
 MAX_JSON_BYTES = 64 << 20  # metrics.json, summary records: kB in practice
 
@@ -101,6 +104,8 @@ def folder_lock(folder: str | os.PathLike, what: str) -> Iterator[Path]:
     except OSError as exc:
         raise os_error(exc, folder / LOCK_NAME, "cannot lock") from None
     _HELD[key] = 1
+    if (folder / (LOCK_NAME + ".pid")).exists():  # its holder died without releasing: the kernel freed the flock
+        log.warning("%s: taking over the lock of %s, left by %s", what, folder, _lock_holder(folder))
     try:
         write_json(folder / (LOCK_NAME + ".pid"),
                    {"pid": os.getpid(), "host": socket.gethostname(), "what": what,
