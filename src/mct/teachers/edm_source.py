@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import logging
 from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
 
 MAX_SOURCE_CHARS = 2_000_000  # EDM's networks.py is ~35 kB
 
@@ -170,3 +173,13 @@ def compare_source(src) -> SourceMatch:
     missing = [k for k in USED_BY_MCT if k not in found]
     other = sorted(k for k in set(found) | set(known) if k not in USED_BY_MCT and found.get(k) != known.get(k))
     return SourceMatch(digest=digest, release=None, closest=name, differ=differ, missing=missing, other=other)
+
+
+def warn_unless_known(src, path) -> SourceMatch:
+    """Compare, and log a warning saying what differs when the source is not a known release: MCT's
+    network computes what the release computes, not what this source says."""
+    match = compare_source(src)
+    if not match.matches:
+        log.warning("checkpoint %s: the embedded network source %s; MCT builds the released EDM formulas "
+                    "regardless, so this network may not compute what it was trained as", path, match.describe())
+    return match
