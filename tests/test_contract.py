@@ -265,8 +265,8 @@ def edm_raw_kwargs(kwargs) -> bytes:
 
 def _names(name):
     def case(t, mp):
-        return distill(t.toy({"variants": {name: {}}}), name if isinstance(name, str) else str(name)), "not a valid name" \
-            if isinstance(name, str) else "must be a string"
+        needle = "not a valid name" if isinstance(name, str) else "must be a string"
+        return distill(t.toy({"variants": {name: {}}}), str(name)), needle
     return case
 
 
@@ -310,7 +310,8 @@ NUMBER_CASES = {
     "inf_sigma_data": _num({"train": {"sigma_data": math.inf}}),
     "nan_in_variant": _num({"variants": {"mct": {"train": {"lr_g": math.nan}}}}),
     "huge_int_as_float": _num({"init": {"lr": 10**400}}),
-    "inf_bench_min_seconds": _num({}, "config.bench.min_seconds must be a finite number", bench={"min_seconds": math.inf}),
+    "inf_bench_min_seconds": _num({}, "config.bench.min_seconds must be a finite number",
+                                  bench={"min_seconds": math.inf}),
     "seed_2_64": _num({"train": {"seed": 2**64}}, "must be an integer"),
     "seed_minus_2_64": _num({"eval": {"seed": -(2**64)}}, "must be an integer"),
     "width_1e10": _num({"generator": {"hidden": 10**10}}, "generator.hidden must be an integer <="),
@@ -522,7 +523,8 @@ INSPECT_CASES = {
     "inspect_edm_shared_2_60": (_inspect_file(edm_shared(), "edm.pkl"), "shared module or a cycle"),
     "inspect_edm_cycle": (_inspect_file(edm_cycle(), "edm.pkl"), "shared module or a cycle"),
     "inspect_edm_5000_deep": (_inspect_file(edm_deep(), "edm.pkl"), "deeper than"),
-    "inspect_edm_negative_channels": (_inspect_file(edm_with_kwargs(model_channels=-1), "edm.pkl"), "model_channels=-1"),
+    "inspect_edm_negative_channels": (_inspect_file(edm_with_kwargs(model_channels=-1), "edm.pkl"),
+                                      "model_channels=-1"),
     "inspect_edm_million_channels": (_inspect_file(edm_with_kwargs(model_channels=10**6), "edm.pkl"), "model_channels"),
     "inspect_edm_huge_mult": (_inspect_file(edm_with_kwargs(channel_mult=[1, 10**6]), "edm.pkl"), "channel_mult"),
     "inspect_edm_resolution_zero": (_inspect_file(edm_with_kwargs(img_resolution=0), "edm.pkl"), "img_resolution"),

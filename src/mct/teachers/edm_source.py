@@ -149,7 +149,8 @@ class SourceMatch:
         if self.missing:
             parts.append(f"{', '.join(self.missing)} absent")
         if self.other:
-            parts.append(f"other definitions differ ({', '.join(self.other[:6])}{', ...' if len(self.other) > 6 else ''})")
+            more = ", ..." if len(self.other) > 6 else ""
+            parts.append(f"other definitions differ ({', '.join(self.other[:6])}{more})")
         return (f"does NOT match a known EDM release (normalised sha256 {self.digest}; closest: {self.closest}): "
                 + "; ".join(parts or ["module-level code differs"]))
 
