@@ -78,10 +78,13 @@ def load_root(path: str | Path, results_dir: str | None = None) -> tuple[RootCon
     return root, raw
 
 
-def _context(root: RootConfig, args):
+def _context(root: RootConfig, args, computes: bool = True):
     from .benchmarks.base import RunContext
+    from .config import check_device
 
-    device = getattr(args, "device", None) or root.device
+    # the --device flag is validated like the config field; a command that computes on the device
+    # needs it to exist here (fetch, summarize and report run on a login node too)
+    device = check_device(getattr(args, "device", None) or root.device, require_available=computes)
     return RunContext(results_dir=Path(root.results_dir), device=device,
                       progress=root.progress and not getattr(args, "no_progress", False))
 
@@ -101,7 +104,7 @@ def _bench_stage(stage: str):
             kwargs["variant"] = args.variant
         if stage == "distill":
             kwargs["resume"] = args.resume
-        ctx = _context(root, args)
+        ctx = _context(root, args, computes=stage not in ("teacher_fetch", "summarize"))
         from .distributed import init_from_env, stage_runs_here
 
         init_from_env(ctx.device)  # under torchrun: one process per GPU (a no-op otherwise)
@@ -122,7 +125,7 @@ def _cmd_report(args):
     from .report.build import build_report
 
     root, raw = load_root(args.config, args.results_dir)
-    out = build_report(raw, _context(root, args), out=args.out)
+    out = build_report(raw, _context(root, args, computes=False), out=args.out)
     print(out)
 
 
@@ -246,6 +249,11 @@ def main(argv: list[str] | None = None) -> int:
     except MCTError as exc:  # one line, whatever the message holds
         message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         print(f"mct: error: {message}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # disk full, permission, a directory in the way: one line naming the path
+        from .io import os_error
+
+        print(f"mct: error: {os_error(exc, action='cannot access')}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mct: interrupted", file=sys.stderr)

@@ -10,7 +10,9 @@ Two formats are read:
 with a fixed seed (the field's FID-30k protocol draws 30,000 COCO val2014
 captions). Drawing is done on the captions' stable order (file order, or COCO
 annotation id), so the same file, ``n`` and ``seed`` give the same prompts on any
-machine. A missing, empty or non-UTF-8 file is a :class:`~mct.errors.DataError`."""
+machine. A missing, empty or non-UTF-8 file, one larger than :data:`MAX_PROMPT_BYTES`
+(read with a cap: ``/dev/zero`` fails at once) or JSON nested too deeply is a
+:class:`~mct.errors.DataError`."""
 
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from ..errors import DataError
 log = logging.getLogger(__name__)
 
 DEFAULT_NUM_PROMPTS = 30_000
+MAX_PROMPT_BYTES = 256 << 20  # COCO's captions_train2014.json is ~ 60 MB
 
 
 @dataclass(frozen=True)
@@ -38,14 +41,9 @@ class Prompt:
 
 
 def _read_text(path: Path) -> str:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"prompt file {path} does not exist") from None
-    except IsADirectoryError:
-        raise DataError(f"prompt file {path} is a directory, not a file") from None
-    except OSError as exc:
-        raise DataError(f"prompt file {path} cannot be read: {exc.strerror}") from None
+    from ..io import read_capped
+
+    data = read_capped(path, MAX_PROMPT_BYTES, "prompt file", DataError)
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -58,6 +56,10 @@ def _parse_coco(path: Path, text: str) -> list[Prompt]:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DataError(f"prompt file {path} looks like JSON but is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise DataError(f"prompt file {path} is JSON nested too deeply to be a COCO captions file") from None
+    except ValueError as exc:  # e.g. an integer of 10,000 digits
+        raise DataError(f"prompt file {path} holds a value JSON cannot convert: {str(exc)[:120]}") from None
     anns = obj.get("annotations") if isinstance(obj, dict) else None
     if not isinstance(anns, list):
         raise DataError(f"prompt file {path} is JSON but not a COCO captions file "
@@ -69,7 +71,10 @@ def _parse_coco(path: Path, text: str) -> list[Prompt]:
         cap = " ".join(a["caption"].split())
         if cap:
             out.append((a.get("id", i), Prompt(cap, a.get("image_id"))))
-    out.sort(key=lambda t: (str(type(t[0])), t[0]))
+    try:
+        out.sort(key=lambda t: (str(type(t[0])), t[0]))
+    except TypeError:  # ids of one type that do not compare (e.g. dicts): file order
+        pass
     return [p for _, p in out]
 
 

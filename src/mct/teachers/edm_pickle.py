@@ -18,8 +18,13 @@ stand-ins, and refuses every other global with a :class:`~mct.errors.CheckpointE
   (object dtypes refused).
 
 The network is then rebuilt by MCT (:class:`mct.nets.dhariwal.DhariwalDenoiser`) from the init
-kwargs recorded in the pickle, and the tensors found by walking ``_parameters`` /
-``_buffers`` / ``_modules`` are loaded with ``strict=True``.
+kwargs recorded in the pickle (checked first: types and sane ranges, :func:`check_init_kwargs`),
+and the tensors found by walking ``_parameters`` / ``_buffers`` / ``_modules`` are loaded with
+``strict=True``. The pickle is untrusted, so the walk (:func:`walk_modules`) visits each object
+once, without recursion: a module shared by two parents (2^60 paths in 2 kB), a cycle, a tree
+deeper than :data:`MAX_MODULE_DEPTH` or larger than :data:`MAX_MODULES` is refused in one line.
+The embedded source is compared with the known EDM releases (:mod:`mct.teachers.edm_source`);
+a mismatch is reported by ``mct teacher inspect`` and logged as a warning by the loader.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import collections
 import hashlib
 import io
 import math
+import numbers
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +45,8 @@ from ..checkpoint import load_state_strict
 from ..errors import CheckpointError
 
 PERSISTENCE_VERSION = 6  # torch_utils.persistence._version of EDM
+MAX_MODULE_DEPTH = 64     # EDM's DhariwalUNet is 4 levels deep
+MAX_MODULES = 100_000     # ~ 300 in EDM's ImageNet-64 network
 
 
 class _Refused(pickle.UnpicklingError):
@@ -48,13 +56,14 @@ class _Refused(pickle.UnpicklingError):
 class PersistentObject:
     """What a ``torch_utils.persistence`` object becomes: its class name and state, nothing run."""
 
-    __slots__ = ("class_name", "version", "state", "module_src_sha256")
+    __slots__ = ("class_name", "version", "state", "module_src_sha256", "module_src")
 
-    def __init__(self, class_name: str, version: int, state: dict, module_src_sha256: str):
+    def __init__(self, class_name: str, version: int, state: dict, module_src_sha256: str, module_src: str = ""):
         self.class_name = class_name
         self.version = version
         self.state = state
         self.module_src_sha256 = module_src_sha256
+        self.module_src = module_src  # kept as text to compare with EDM's release; never executed
 
     def __setstate__(self, state):  # a BUILD opcode aimed at a persistent object is not in the format
         raise _Refused("unexpected state applied to a persistent object")
@@ -102,8 +111,17 @@ def _reconstruct_persistent_obj(meta):
     if not isinstance(state, dict):
         raise _Refused(f"persistent object {class_name} has a state of type {type(state).__name__}")
     src = meta.get("module_src") or ""
-    digest = hashlib.sha256(src.encode("utf-8", "replace") if isinstance(src, str) else b"").hexdigest()
-    return PersistentObject(class_name, meta.get("version"), state, digest)
+    if not isinstance(src, str):
+        raise _Refused(f"persistent object {class_name} has a module_src of type {type(src).__name__}")
+    digest = _SRC_DIGESTS.get(id(src))  # one source string is shared by every object of a snapshot
+    if digest is None or digest[0] is not src:
+        digest = (src, hashlib.sha256(src.encode("utf-8", "replace")).hexdigest())
+        _SRC_DIGESTS.clear()
+        _SRC_DIGESTS[id(src)] = digest
+    return PersistentObject(class_name, meta.get("version"), state, digest[1], src)
+
+
+_SRC_DIGESTS: dict[int, tuple[str, str]] = {}
 
 
 def _load_from_bytes(blob):
@@ -206,48 +224,127 @@ def safe_unpickle(path: str | Path) -> Any:
         raise CheckpointError(f"checkpoint {path} refused: {exc}; MCT loads EDM pickles without running "
                               "any code from them") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
-            UnicodeDecodeError, MemoryError) as exc:
+            UnicodeDecodeError, MemoryError, RecursionError, OverflowError) as exc:
         raise CheckpointError(f"checkpoint {path} is not a readable EDM pickle (truncated or another format): "
                               f"{type(exc).__name__}: {str(exc)[:200]}") from None
 
 
-def _state_of(obj) -> dict:
+def _state_of(obj, where: str = "the snapshot") -> dict:
     if isinstance(obj, (PersistentObject, PickledModuleDict)):
         return obj.state
-    raise CheckpointError(f"expected a network module in the snapshot, found {type(obj).__name__}")
+    raise CheckpointError(f"expected a network module at {where}, found {type(obj).__name__}")
+
+
+def _named(mapping, what: str, where: str) -> dict:
+    if mapping is None:
+        return {}
+    if not isinstance(mapping, dict):
+        raise CheckpointError(f"{what} of {where} is a {type(mapping).__name__}, not a dict")
+    for k in mapping:
+        if not isinstance(k, str) or not k or "." in k or len(k) > 256:
+            raise CheckpointError(f"{what} of {where} has the entry name {str(k)[:40]!r} (expected a plain name)")
+    return mapping
+
+
+def walk_modules(root) -> list[tuple[str, Any]]:
+    """(dotted name, module) for every module of a pickled tree, in ``state_dict`` order, each
+    visited once and without recursion. CheckpointError for a module reached twice (shared or
+    a cycle), a tree deeper than :data:`MAX_MODULE_DEPTH` or with more than :data:`MAX_MODULES`."""
+    _state_of(root)
+    seen: dict[int, str] = {}
+    out: list[tuple[str, Any]] = []
+    stack: list[tuple[str, Any, int]] = [("", root, 0)]
+    while stack:
+        name, obj, depth = stack.pop()
+        where = name or "the network"
+        if id(obj) in seen:
+            raise CheckpointError(f"module {where} is the same object as {seen[id(obj)] or 'the network'} "
+                                  "(a shared module or a cycle); an EDM network is a tree")
+        if depth > MAX_MODULE_DEPTH:
+            raise CheckpointError(f"the module tree is deeper than {MAX_MODULE_DEPTH} levels (at {where[:120]}...)")
+        if len(out) >= MAX_MODULES:
+            raise CheckpointError(f"the network holds more than {MAX_MODULES:,} modules")
+        seen[id(obj)] = name
+        out.append((name, obj))
+        children = _named(_state_of(obj, where).get("_modules"), "_modules", where)
+        for child_name, child in reversed(list(children.items())):
+            if child is not None:
+                stack.append((f"{name}.{child_name}" if name else child_name, child, depth + 1))
+    return out
 
 
 def collect_tensors(obj, prefix: str = "") -> dict[str, torch.Tensor]:
     """Walk ``_parameters`` / ``_buffers`` / ``_modules`` of a pickled module tree -> a state dict
     (non-persistent buffers and None entries skipped, as ``state_dict()`` does)."""
-    state = _state_of(obj)
     out: dict[str, torch.Tensor] = {}
-    skip = set(state.get("_non_persistent_buffers_set") or ())
-    for kind in ("_parameters", "_buffers"):
-        for name, t in (state.get(kind) or {}).items():
-            if t is None or (kind == "_buffers" and name in skip):
-                continue
-            if not isinstance(t, torch.Tensor):
-                raise CheckpointError(f"{prefix}{name} in the snapshot is a {type(t).__name__}, not a tensor")
-            out[prefix + name] = t.detach()
-    for name, child in (state.get("_modules") or {}).items():
-        if child is not None:
-            out.update(collect_tensors(child, f"{prefix}{name}."))
+    for name, module in walk_modules(obj):
+        state = _state_of(module)
+        base = prefix + (name + "." if name else "")
+        skip = state.get("_non_persistent_buffers_set") or ()
+        if not isinstance(skip, (set, frozenset, list, tuple)):
+            raise CheckpointError(f"_non_persistent_buffers_set of {name or 'the network'} is a {type(skip).__name__}")
+        skip = {k for k in skip if isinstance(k, str)}
+        for kind in ("_parameters", "_buffers"):
+            for key, t in _named(state.get(kind), kind, name or "the network").items():
+                if t is None or (kind == "_buffers" and key in skip):
+                    continue
+                if not isinstance(t, torch.Tensor):
+                    raise CheckpointError(f"{base}{key} in the snapshot is a {type(t).__name__}, not a tensor")
+                out[base + key] = t.detach()
     return out
 
 
 def class_names(obj) -> dict[str, int]:
     """How many objects of each persistent class the module tree holds."""
-    counts: dict[str, int] = collections.Counter()
-
-    def walk(o):
-        counts[getattr(o, "class_name", type(o).__name__)] += 1
-        for child in (_state_of(o).get("_modules") or {}).values():
-            if child is not None:
-                walk(child)
-
-    walk(obj)
+    counts = collections.Counter(str(getattr(m, "class_name", type(m).__name__)) for _, m in walk_modules(obj))
     return dict(counts)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+# EDMPrecond / DhariwalUNet init kwargs: (check, what it must be). Bounds are generous (EDM's
+# largest networks are far inside them) and keep a forged pickle from asking for a terabyte.
+_INIT_KWARG_RULES = {
+    "img_resolution": (lambda v: _is_int(v) and 1 <= v <= 4096, "an integer in [1, 4096]"),
+    "img_channels": (lambda v: _is_int(v) and 1 <= v <= 64, "an integer in [1, 64]"),
+    "label_dim": (lambda v: _is_int(v) and 0 <= v <= 100_000, "an integer in [0, 100000]"),
+    "use_fp16": (lambda v: isinstance(v, bool), "true or false"),
+    "sigma_min": (lambda v: _is_num(v) and 0 <= v < math.inf, "a finite number >= 0"),
+    "sigma_max": (lambda v: _is_num(v) and 0 < v <= math.inf, "a number > 0 (inf allowed)"),
+    "sigma_data": (lambda v: _is_num(v) and 0 < v < math.inf, "a finite number > 0"),
+    "model_type": (lambda v: isinstance(v, str) and len(v) <= 64, "a class name"),
+    "augment_dim": (lambda v: _is_int(v) and 0 <= v <= 1024, "an integer in [0, 1024]"),
+    "model_channels": (lambda v: _is_int(v) and 1 <= v <= 2048, "an integer in [1, 2048]"),
+    "channel_mult": (lambda v: isinstance(v, (list, tuple)) and 1 <= len(v) <= 8
+                     and all(_is_int(m) and 1 <= m <= 16 for m in v), "a list of 1-8 integers in [1, 16]"),
+    "channel_mult_emb": (lambda v: _is_int(v) and 1 <= v <= 16, "an integer in [1, 16]"),
+    "num_blocks": (lambda v: _is_int(v) and 1 <= v <= 32, "an integer in [1, 32]"),
+    "attn_resolutions": (lambda v: isinstance(v, (list, tuple)) and len(v) <= 16
+                         and all(_is_int(r) and 1 <= r <= 4096 for r in v), "a list of up to 16 resolutions"),
+    "dropout": (lambda v: _is_num(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "label_dropout": (lambda v: _is_num(v) and 0 <= v <= 1, "a number in [0, 1]"),
+}
+
+
+def check_init_kwargs(kw: dict, where: str = "the snapshot") -> dict:
+    """The recorded EDMPrecond(DhariwalUNet) init kwargs, checked (types, sane ranges) before any
+    network is built from them; CheckpointError naming the first bad one. Unknown keys are left
+    to the builder, which names them."""
+    for key, value in kw.items():
+        if not isinstance(key, str):
+            raise CheckpointError(f"{where}: an init argument is named {key!r}, not a string")
+        rule = _INIT_KWARG_RULES.get(key)
+        if rule is not None and not rule[0](value):
+            shown = repr(value)
+            raise CheckpointError(f"{where}: init argument {key}={shown[:60]}{'...' if len(shown) > 60 else ''} "
+                                  f"is not {rule[1]}")
+    return kw
 
 
 _PRECOND_POSITIONAL = ("img_resolution", "img_channels", "label_dim", "use_fp16", "sigma_min", "sigma_max",
@@ -256,11 +353,14 @@ _PRECOND_POSITIONAL = ("img_resolution", "img_channels", "label_dim", "use_fp16"
 
 def init_kwargs_of(obj: PersistentObject) -> dict:
     """The EDMPrecond init kwargs (positional arguments mapped onto their names)."""
+    kwargs = obj.state.get("_init_kwargs") or {}
+    if not isinstance(kwargs, dict) or not isinstance(obj.state.get("_init_args") or (), (tuple, list)):
+        raise CheckpointError(f"{obj.class_name}: its recorded init arguments are not a tuple and a dict")
     args = obj.init_args
     if len(args) > len(_PRECOND_POSITIONAL):
         raise CheckpointError(f"{obj.class_name} was constructed with {len(args)} positional arguments")
     kw = dict(zip(_PRECOND_POSITIONAL, args))
-    kw.update(obj.init_kwargs)
+    kw.update(kwargs)
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in kw.items()}
 
 
@@ -297,8 +397,13 @@ def read_edm_snapshot(path: str | Path, key: str = "ema") -> EDMSnapshot:
     if net.version != PERSISTENCE_VERSION:
         raise CheckpointError(f"checkpoint {path}: persistence version {net.version!r} is not the known "
                               f"{PERSISTENCE_VERSION}")
-    return EDMSnapshot(path=path, top=top, key=key, net=net, init_kwargs=init_kwargs_of(net),
-                       tensors=collect_tensors(net))
+    try:
+        kwargs = check_init_kwargs(init_kwargs_of(net), f"checkpoint {path}")
+        tensors = collect_tensors(net)
+    except CheckpointError as exc:
+        msg = str(exc)
+        raise CheckpointError(msg if msg.startswith("checkpoint ") else f"checkpoint {path}: {msg}") from None
+    return EDMSnapshot(path=path, top=top, key=key, net=net, init_kwargs=kwargs, tensors=tensors)
 
 
 def load_edm_denoiser(path: str | Path, key: str = "ema", dropout: Optional[float] = None,
@@ -312,15 +417,23 @@ def load_edm_denoiser(path: str | Path, key: str = "ema", dropout: Optional[floa
     if snap.net.class_name != "EDMPrecond":
         raise CheckpointError(f"checkpoint {path}: the network is an EDM {snap.net.class_name}; MCT loads "
                               "EDMPrecond(DhariwalUNet) snapshots")
+    from .edm_source import warn_unless_known
+
+    warn_unless_known(snap.net.module_src, path)
     overrides = {} if dropout is None else {"dropout": float(dropout)}
     kwargs = dict(snap.init_kwargs)
     if isinstance(kwargs.get("sigma_max"), float) and math.isinf(kwargs["sigma_max"]):
         kwargs["sigma_max"] = float("inf")
     try:
+        with torch.device("meta"), uninitialized():  # the size it claims, before any memory is taken
+            claimed = sum(p.numel() for p in DhariwalDenoiser.from_init_kwargs(kwargs, **overrides).parameters())
+        stored = sum(t.numel() for t in snap.tensors.values())
+        if claimed > 16 * stored + 50_000_000:  # a mismatch is named by strict loading; this is absurd
+            raise ValueError(f"its init kwargs describe {claimed:,} parameters but it stores {stored:,} values")
         with uninitialized():
             net = DhariwalDenoiser.from_init_kwargs(kwargs, **overrides)
-    except (ValueError, TypeError) as exc:
-        raise CheckpointError(f"checkpoint {path}: cannot build its network: {exc}") from None
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise CheckpointError(f"checkpoint {path}: cannot build its network: {str(exc)[:200]}") from None
     load_state_strict(net, snap.tensors, "EDM network", path)
     net.amp_dtype = amp_dtype
     return net.eval().requires_grad_(False)
