@@ -16,6 +16,7 @@ Files and their classes (paths under ``<results_dir>/<bench>/``):
 - ``features/metrics.json``, ``clip/metrics.json``: :class:`AuxMetrics` (``features``, ``clip``)
 - ``runs/<variant>/correct/metrics.json``: :class:`CorrectionMetrics` (``correct``)
 - ``summary.json``: :class:`Summary` (``summarize``; ``summary.csv`` is its flat view)
+- ``teacher.json`` (2-D mixture benchmarks): :class:`MixtureTeacher` (``evaluate``)
 - ``<results_dir>/bench/<bench>.json``: :class:`BenchRecord` (``mct bench``)
 """
 
@@ -543,7 +544,23 @@ class BenchRecord(Record):
     wall_seconds: Optional[float] = None
 
 
-RECORDS: tuple[type[Record], ...] = (RunMetrics, TeacherMetrics, AuxMetrics, CorrectionMetrics, Summary, BenchRecord)
+@dataclass
+class MixtureTeacher(Record):
+    """The exact mixture teacher of a 2-D benchmark (isotropic Gaussians): the report draws its
+    density under the samples."""
+
+    KIND: ClassVar[str] = "mixture_teacher"
+    FILE: ClassVar[str] = "{bench}/teacher.json"
+
+    bench: str
+    means: list[list[float]]
+    stds: list[float]
+    weights: list[float]
+    provenance: Provenance
+
+
+RECORDS: tuple[type[Record], ...] = (RunMetrics, TeacherMetrics, AuxMetrics, CorrectionMetrics, Summary, BenchRecord,
+                                     MixtureTeacher)
 
 
 # --------------------------------------------------------------------------- files

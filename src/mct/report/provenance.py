@@ -1,5 +1,5 @@
-"""Where and with what the report (and, where the runs recorded it, the results) was made:
-hardware, git commit, config hash, package versions, seeds."""
+"""Where the report is rendered: hardware and the seeds in the config. Which code made the
+results (commit, package versions) is in mct.provenance and in every record."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from ..provenance import PACKAGES, git_info, run_quiet as _run, versions  # noqa: F401 (re-exported)
+from ..provenance import run_quiet as _run
 
 
 def cpu_model() -> str:
@@ -43,7 +43,7 @@ def gpus() -> list[str]:
     try:
         if torch is not None and torch.cuda.is_available():
             return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    except Exception:  # noqa: BLE001 - a broken CUDA install must not break the report
+    except (RuntimeError, AssertionError):  # a broken CUDA install must not break the report
         pass
     return []
 
