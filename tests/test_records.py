@@ -8,7 +8,7 @@ import pytest
 
 from mct.errors import MCTError
 from mct.records import (AuxMetrics, BenchRecord, Claim, CorrectionMetrics, CurvePoint, EMOverhead, Memory,
-                         Provenance, RunMetrics, Scores, Speed, Summary, SummaryRow, TeacherMetrics, TeacherRow,
+                         MixtureTeacher, Provenance, RunMetrics, Scores, Speed, Summary, SummaryRow, TeacherMetrics, TeacherRow,
                          provenance, read_record, write_record)
 
 PROV = Provenance(commit="abc123", dirty=False, config_hash="0123456789abcdef",
@@ -50,6 +50,8 @@ def every_record():
                                   passes_ms={"teacher_forward": 1.0}, passes_count={"teacher_forward": 16}),
                     memory=Memory(method="VmHWM", per_sample_bytes={"em_iteration": 4096})),
         BenchRecord(bench="sd15", device="cpu", provenance=PROV, skipped="text-conditioned"),
+        MixtureTeacher(bench="toy2d", means=[[0.0, 4.0], [4.0, 0.0]], stds=[0.25, 0.25], weights=[0.4, 0.6],
+                       provenance=PROV),
     ]
 
 
