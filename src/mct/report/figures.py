@@ -87,100 +87,115 @@ def variant_color(name: str, i: int = 0):
     return sns.color_palette("tab10")[(i + 3) % 10]
 
 
+def log_if_spread(ax, values, axis: str = "y", ratio: float = 5.0) -> bool:
+    """Log scale when the values span more than ``ratio`` (an outlier such as a random-init run
+    would otherwise flatten every other bar); plain tick labels. True when switched."""
+    v = [float(x) for x in values if x is not None and x > 0]
+    if len(v) < 2 or max(v) / min(v) < ratio:
+        return False
+    getattr(ax, f"set_{axis}scale")("log")
+    _plain_log_labels(ax.yaxis if axis == "y" else ax.xaxis)
+    return True
+
+
 # --- results figures ----------------------------------------------------------------
 
-def teacher_vs_student(teacher: pd.DataFrame, student: dict[str, float], metric: str, bench: str) -> Optional[Figure]:
-    """Teacher metric against NFE (line) with one-step students as points at NFE 1."""
-    if teacher.empty or metric not in teacher or teacher[metric].notna().sum() == 0:
+def teacher_vs_student(teacher: dict[int, Optional[float]], students: dict[str, Optional[float]], metric: str,
+                       bench: str, floor: Optional[float] = None) -> Optional[Figure]:
+    """Teacher metric against NFE (line) with one-step students as stars at NFE 1."""
+    t = sorted((n, v) for n, v in teacher.items() if v is not None)
+    students = {k: v for k, v in students.items() if v is not None}
+    if not t:
         return None
     with _style(), _context():
         fig, axes = _new(7.0, 3.0)
         ax = axes[0, 0]
-        t = teacher.dropna(subset=[metric]).sort_values("nfe")
-        ax.plot(t["nfe"], t[metric], "o-", color=ABLATION_COLORS["teacher"], label="teacher (multi-step)")
-        for n, v in zip(t["nfe"], t[metric]):
+        ax.plot([n for n, _ in t], [v for _, v in t], "o-", color=ABLATION_COLORS["teacher"], label="teacher (multi-step)")
+        for n, v in t:
             ax.annotate(f"{v:.2f}", (n, v), textcoords="offset points", xytext=(4, 5), fontsize=8)
-        for i, (name, v) in enumerate(student.items()):
+        for i, (name, v) in enumerate(students.items()):
             ax.plot([1], [v], marker="*", markersize=13, linestyle="none", color=variant_color(name, i),
                     label=f"student {name} (1 step): {v:.2f}")
+        if floor is not None:
+            ax.axhline(floor, color="#888888", linestyle=":", linewidth=1, label=f"real-vs-real floor {floor:.2f}")
         ax.set_xscale("log")
-        ticks = sorted({1, *[int(n) for n in t["nfe"]]})
+        ticks = sorted({1, *[int(n) for n, _ in t]})
         ax.set_xticks(ticks, [str(n) for n in ticks])
         ax.minorticks_off()
+        logy = log_if_spread(ax, [v for _, v in t] + list(students.values()))
+        if not logy:
+            ax.set_ylim(bottom=0)
         ax.set_xlabel("NFE (log scale)")
-        ax.set_ylabel(metric_label(metric))
+        ax.set_ylabel(metric_label(metric) + (" (log scale)" if logy else ""))
         ax.set_title(f"{bench}: quality against sampling cost")
-        ax.margins(x=0.08, y=0.12)
         ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-        return _render(fig, f"{metric_label(metric)} of the teacher at each NFE (line) and of the one-step student "
-                            f"(stars). A star at or below the line's right end matches the teacher at a fraction "
-                            f"of its cost.", f"{bench} {metric} against NFE", "nfe")
+        best_n, best = min(t, key=lambda p: p[1])
+        caption = (f"{metric_label(metric)} of the teacher: {t[0][1]:.2f} at {t[0][0]} NFE, {t[-1][1]:.2f} at "
+                   f"{t[-1][0]} NFE (best {best:.2f} at {best_n} NFE).")
+        for name, v in students.items():
+            verdict = "at or below" if v <= best else f"{v / best:.2f}\u00d7"
+            caption += f" {name} in one step: {v:.2f}, {verdict} the teacher's best, at 1/{best_n} of its NFE."
+        return _render(fig, caption, f"{bench} {metric} against NFE", "nfe")
 
 
-def ablation_bars(df: pd.DataFrame, metrics: Sequence[str], bench: str) -> Optional[Figure]:
-    """One panel per metric, one bar per variant (df: index variant, columns metrics)."""
-    metrics = [m for m in metrics if m in df and df[m].notna().any()]
-    if not metrics or len(df) < 2:
+def ablation_bars(values: dict[str, dict[str, float]], metrics: Sequence[str], bench: str, ref: Optional[str],
+                  caption: str) -> Optional[Figure]:
+    """One panel per metric, one bar per run (``values``: run -> metric -> value); a log axis
+    when one run is an outlier (say, a random initialisation)."""
+    metrics = [m for m in metrics if sum(m in v for v in values.values()) >= 2]
+    if not metrics:
         return None
+    logged = []
     with _style(), _context():
         fig, axes = _new(min(3.4 * len(metrics) + 0.6, 10), 2.9, ncols=len(metrics))
         for ax, m in zip(axes[0], metrics):
-            s = df[m].dropna()
-            colors = [variant_color(v, i) for i, v in enumerate(s.index)]
-            ax.bar(range(len(s)), s.values, color=colors)
-            ax.set_xticks(range(len(s)), s.index, rotation=25, ha="right")
-            for i, v in enumerate(s.values):
-                ax.annotate(f"{v:.3g}", (i, v), ha="center", va="bottom", fontsize=8, xytext=(0, 2),
+            runs = [(v, d[m]) for v, d in values.items() if m in d]
+            ax.bar(range(len(runs)), [x for _, x in runs], color=[variant_color(v, i) if v != ref else MAIN_COLOR
+                                                                   for i, (v, _) in enumerate(runs)])
+            ax.set_xticks(range(len(runs)), [v for v, _ in runs], rotation=25, ha="right")
+            for i, (_, x) in enumerate(runs):
+                ax.annotate(f"{x:.3g}", (i, x), ha="center", va="bottom", fontsize=8, xytext=(0, 2),
                             textcoords="offset points")
+            if log_if_spread(ax, [x for _, x in runs]):
+                logged.append(metric_label(m))
+            else:
+                ax.set_ylim(bottom=0)
+                ax.ticklabel_format(axis="y", useOffset=False)
             ax.set_title(metric_label(m))
             ax.margins(y=0.15)
-            ax.ticklabel_format(axis="y", useOffset=False)
-        return _render(fig, "Each ablation changes one thing from the main run (mct, blue). A bar worse than "
-                            "mct's means that ingredient helps; bars within a seed's noise of each other say "
-                            "the ablation needs more seeds or a convergence-speed measure (below).",
-                       f"{bench} ablation bars", "ablation")
+        note = f" Log axis for {', '.join(logged)}: the values span more than a factor of 5." if logged else ""
+        return _render(fig, caption + note, f"{bench} ablation bars", "ablation")
 
 
-def _sweep(df: pd.DataFrame, metrics: Sequence[str], col: str, xlabel: str, log_base: Optional[int],
-           caption: str, title: str, slug: str) -> Optional[Figure]:
-    """Each metric against one knob ``col`` (mean over the runs at each value), log x axis;
-    ``log_base`` 2 also labels each value as an integer (K), ``None`` keeps matplotlib's ticks."""
-    metrics = [m for m in metrics if m in df and df[m].notna().any()]
-    d = df.dropna(subset=[col])
-    if not metrics or d[col].nunique() < 2:
+def sweep(data: dict[str, list[tuple[float, float, str]]], xlabel: str, log_base: Optional[int],
+          bounds: dict[str, tuple[float, Optional[float]]], caption: str, alt: str, slug: str) -> Optional[Figure]:
+    """Each metric against one knob: every run a point, the line through the mean at each value.
+    The y axis spans the metric's natural range (``bounds``: from 0, to its maximum where it has
+    one), so that a difference in the third decimal does not look like a trend."""
+    if not data:
         return None
     with _style(), _context():
-        fig, axes = _new(min(3.4 * len(metrics) + 0.6, 10), 2.8, ncols=len(metrics))
-        for ax, m in zip(axes[0], metrics):
-            g = d.dropna(subset=[m]).groupby(col)[m].mean().sort_index()
-            ax.plot(g.index, g.values, "o-", color=MAIN_COLOR)
+        fig, axes = _new(min(3.4 * len(data) + 0.6, 10), 2.8, ncols=len(data))
+        for ax, (m, pts) in zip(axes[0], data.items()):
+            xs = sorted({x for x, _, _ in pts})
+            mean = [float(np.mean([y for x2, y, _ in pts if x2 == x])) for x in xs]
+            ax.plot(xs, mean, "-", color=MAIN_COLOR)
+            ax.plot([x for x, _, _ in pts], [y for _, y, _ in pts], "o", color=MAIN_COLOR)
             if log_base is None:
                 ax.set_xscale("log")
             else:
                 ax.set_xscale("log", base=log_base)
-                ax.set_xticks(list(g.index), [str(int(k)) for k in g.index])
+                ax.set_xticks(xs, [f"{x:g}" for x in xs])
+                ax.minorticks_off()
+            lo, hi = bounds.get(m, (0.0, None))
+            ys = [y for _, y, _ in pts]
+            if not log_if_spread(ax, ys, ratio=20.0):
+                top = max(hi if hi is not None else max(ys) * 1.15, max(ys))
+                ax.set_ylim(min(lo, min(ys)), top * 1.04)  # a little headroom: points on the bound stay visible
             ax.set_xlabel(xlabel)
             ax.set_title(metric_label(m))
-            ax.margins(y=0.15)
-            ax.ticklabel_format(axis="y", useOffset=False)
-        return _render(fig, caption, title, slug)
-
-
-def k_sweep(df: pd.DataFrame, metrics: Sequence[str], bench: str) -> Optional[Figure]:
-    """Metric against K (df: columns K + metrics, one row per run)."""
-    return _sweep(df, metrics, "K", "K (Langevin steps per E-step)", 2,
-                  "K = 1 is the reverse-KL (mode-seeking) gradient of Diff-Instruct/DMD; more steps move "
-                  "the E-step samples toward the teacher and the update toward forward KL (mode-covering). "
-                  "Look for the metric improving from K = 1 to a few steps and then levelling off.",
-                  f"{bench} K sweep", "ksweep")
-
-
-def step_sweep(df: pd.DataFrame, metrics: Sequence[str], bench: str) -> Optional[Figure]:
-    """Metric against the Langevin step size gamma_eps."""
-    return _sweep(df, metrics, "gamma_eps", "\u03b3_eps (Langevin step size)", None,
-                  "The reparametrised sampler moves standard-normal variables, so one step size should "
-                  "serve all noise levels: a flat curve over a factor of 16 in step size is the claim.",
-                  f"{bench} step-size sweep", "stepsweep")
+            ax.ticklabel_format(axis="y", useOffset=False) if ax.get_yscale() == "linear" else None
+        return _render(fig, caption, alt, slug)
 
 
 def _smooth(s: pd.Series, n: int) -> pd.Series:
@@ -224,47 +239,51 @@ def grad_variance(logs: dict[str, pd.DataFrame], bench: str) -> Optional[Figure]
                        f"{bench} gradient variance", "gradvar")
 
 
-def grad_var_bars(df: pd.DataFrame, bench: str) -> Optional[Figure]:
+def grad_var_bars(rows: list[dict], bench: str) -> Optional[Figure]:
     """Measured M-step gradient variance with and without noise cancellation (same chains) per run."""
-    d = df.dropna(subset=["nc", "no_nc"], how="any") if {"nc", "no_nc"} <= set(df.columns) else df.iloc[0:0]
-    if d.empty:
+    d = [r for r in rows if r.get("nc") is not None and r.get("no_nc") is not None]
+    if not d:
         return None
     with _style(), _context():
         fig, axes = _new(max(4.5, 0.9 * len(d) + 2.5), 2.9)
         ax = axes[0, 0]
         x = np.arange(len(d))
-        ax.bar(x - 0.2, d["nc"], width=0.4, color=MAIN_COLOR, label="with noise cancellation")
-        ax.bar(x + 0.2, d["no_nc"], width=0.4, color=ABLATION_COLORS["no-nc"], label="without")
-        ax.set_xticks(x, d["variant"], rotation=25, ha="right")
+        ax.bar(x - 0.2, [r["nc"] for r in d], width=0.4, color=MAIN_COLOR, label="with noise cancellation")
+        ax.bar(x + 0.2, [r["no_nc"] for r in d], width=0.4, color=ABLATION_COLORS["no-nc"], label="without")
+        ax.set_xticks(x, [r["variant"] for r in d], rotation=25, ha="right")
         ax.set_yscale("log")
         _plain_log_labels(ax.yaxis)
-        ax.set_ylabel("Var of M-step gradient")
+        ax.set_ylabel("Var of M-step gradient (log)")
         ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         ax.set_title(f"{bench}: M-step gradient variance, same E-step chains")
+        ratios = [r["no_nc"] / r["nc"] for r in d if r["nc"]]
         return _render(fig, "For each run's final generator, one E-step per fixed batch, then the M-step gradient with "
-                            "eps_K - nu_K (blue) and with eps_K (purple). Noise cancellation should lower the variance "
-                            "(log scale) without changing the expected gradient.", f"{bench} gradient variance bars",
-                       "gradvarbars")
+                            "eps_K - nu_K (blue) and with eps_K (purple). Without cancellation the variance is "
+                            f"{min(ratios):.2f}\u00d7 to {max(ratios):.2f}\u00d7 that with it.",
+                       f"{bench} gradient variance bars", "gradvarbars")
 
 
-def metric_vs_iteration(logs: dict[str, pd.DataFrame], metric: str, bench: str) -> Optional[Figure]:
-    logs = {v: d for v, d in logs.items() if metric in d and "iteration" in d and d[metric].notna().any()}
-    if not logs:
+def metric_vs_iteration(curves: dict[str, list[tuple[int, float]]], metric: str, bench: str) -> Optional[Figure]:
+    """The metric measured during training, per run (log axis when a run starts far above the rest)."""
+    curves = {v: c for v, c in curves.items() if c}
+    if not curves:
         return None
     with _style(), _context():
         fig, axes = _new(7.2, 3.0)
         ax = axes[0, 0]
-        for i, (v, d) in enumerate(logs.items()):
-            d = d.dropna(subset=[metric])
-            ax.plot(d["iteration"], d[metric], "o-", markersize=3, color=variant_color(v, i), label=v,
-                    linewidth=2.2 if v == "mct" else 1.2)
+        for i, (v, c) in enumerate(curves.items()):
+            ax.plot([p[0] for p in c], [p[1] for p in c], "o-", markersize=3, color=variant_color(v, i), label=v,
+                    linewidth=2.2 if i == 0 else 1.2)
+        logy = log_if_spread(ax, [p[1] for c in curves.values() for p in c])
+        if not logy:
+            ax.set_ylim(bottom=0)
         ax.set_xlabel("training iteration")
-        ax.set_ylabel(metric_label(metric))
+        ax.set_ylabel(metric_label(metric) + (" (log scale)" if logy else ""))
         ax.set_title(f"{bench}: {metric_label(metric)} during training")
         ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        return _render(fig, f"{metric_label(metric)} of the EMA generator during distillation, per variant. "
-                            "Faster-falling curves mean faster convergence; this is where reparametrisation and "
-                            "noise cancellation show even when end points agree.",
+        ends = "; ".join(f"{v} {c[0][1]:.2f} \u2192 {c[-1][1]:.2f}" for v, c in curves.items())
+        return _render(fig, f"{metric_label(metric)} of the EMA generator during distillation, first \u2192 last "
+                            f"evaluation: {ends}." + (" Log axis: the runs span more than a factor of 5." if logy else ""),
                        f"{bench} {metric} against iteration", "curve")
 
 
@@ -288,13 +307,8 @@ def gmm_logpdf(points: np.ndarray, means: np.ndarray, stds: np.ndarray, weights:
     return (mx + np.log(np.exp(lp - mx).sum(axis=1, keepdims=True)))[:, 0]
 
 
-def mode_masses(points: np.ndarray, means: np.ndarray) -> np.ndarray:
-    """Fraction of points nearest to each mode."""
-    lab = ((points[:, None, :] - means[None]) ** 2).sum(-1).argmin(1)
-    return np.bincount(lab, minlength=len(means)) / max(len(points), 1)
-
-
-def toy_scatter(panels: list[tuple[str, np.ndarray, str]], teacher: Optional[dict], bench: str) -> Optional[Figure]:
+def toy_scatter(panels: list[tuple[str, np.ndarray, str]], teacher: Optional[dict], bench: str,
+                caption: str) -> Optional[Figure]:
     """panels: (title, (N,2) points, subtitle). Samples over the true density contours."""
     if not panels:
         return None
@@ -331,13 +345,11 @@ def toy_scatter(panels: list[tuple[str, np.ndarray, str]], teacher: Optional[dic
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(f"{title}\n{sub}" if sub else title, fontsize=9)
-        return _render(fig, "Red: one-step samples of each run; grey: the true mixture density (the teacher). "
-                            "With K = 1 (reverse KL) samples pile onto a few heavy modes; as K grows they spread "
-                            "over all modes in proportion to their weights.",
-                       f"{bench} samples over the true density", "scatter")
+        return _render(fig, caption, f"{bench} samples over the true density", "scatter")
 
 
-def mode_mass_bars(masses: dict[str, Sequence[float]], true_w: Optional[Sequence[float]], bench: str) -> Optional[Figure]:
+def mode_mass_bars(masses: dict[str, Sequence[float]], true_w: Optional[Sequence[float]], bench: str,
+                   caption: str) -> Optional[Figure]:
     if not masses:
         return None
     rows = [{"run": name, "mode": i + 1, "mass": float(m)} for name, ms in masses.items() for i, m in enumerate(ms)]
@@ -360,12 +372,10 @@ def mode_mass_bars(masses: dict[str, Sequence[float]], true_w: Optional[Sequence
         ax.set_ylabel("fraction of samples")
         ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         ax.set_title(f"{bench}: per-mode mass")
-        return _render(fig, "Fraction of samples in each mode (nearest mode) against the true weight (black "
-                            "dashes). Mode-seeking runs leave light modes empty and overfill heavy ones; a "
-                            "mode-covering run follows the dashes.", f"{bench} per-mode mass", "modemass")
+        return _render(fig, caption, f"{bench} per-mode mass", "modemass")
 
 
-def class_histograms(hists: dict[str, Sequence[float]], bench: str) -> Optional[Figure]:
+def class_histograms(hists: dict[str, Sequence[float]], bench: str, caption: str) -> Optional[Figure]:
     if not hists:
         return None
     rows = [{"run": name, "class": str(i), "fraction": float(f)} for name, h in hists.items() for i, f in enumerate(h)]
@@ -383,31 +393,24 @@ def class_histograms(hists: dict[str, Sequence[float]], bench: str) -> Optional[
         ax.set_ylabel("fraction of samples")
         ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         ax.set_title(f"{bench}: class histogram of one-step samples")
-        return _render(fig, "Classes of the students' samples, by the benchmark's classifier. The data are balanced "
-                            "(dashed line): a mode-seeking student over-produces some classes and drops others; "
-                            "larger K should flatten the histogram.", f"{bench} class histograms", "classhist")
+        return _render(fig, caption, f"{bench} class histograms", "classhist")
 
 
-def speed_bars(df: pd.DataFrame) -> Optional[Figure]:
-    """df columns: bench, name, nfe, images_per_s."""
-    if df.empty:
+def speed_bars(bars: list[tuple[str, int, float]]) -> Optional[Figure]:
+    """(label, NFE, images/s) per sampler; one-step ones in blue."""
+    if not bars:
         return None
-    d = df.dropna(subset=["images_per_s"]).copy()
-    if d.empty:
-        return None
-    d["label"] = [f"{b}: {n}" + (f" ({int(f)} NFE)" if pd.notna(f) else "") for b, n, f in zip(d["bench"], d["name"], d["nfe"])]
     with _style(), _context():
-        fig, axes = _new(7.5, 0.42 * len(d) + 1.0)
+        fig, axes = _new(7.5, 0.42 * len(bars) + 1.0)
         ax = axes[0, 0]
-        colors = [MAIN_COLOR if (pd.notna(f) and int(f) == 1) else "#888888" for f in d["nfe"]]
-        ax.barh(range(len(d)), d["images_per_s"], color=colors)
-        ax.set_yticks(range(len(d)), d["label"])
+        ax.barh(range(len(bars)), [v for _, _, v in bars], color=[MAIN_COLOR if n == 1 else "#888888" for _, n, _ in bars])
+        ax.set_yticks(range(len(bars)), [f"{label} ({n} NFE)" for label, n, _ in bars])
         ax.invert_yaxis()
         ax.set_xscale("log")
         _plain_log_labels(ax.xaxis, minor=False)
         ax.set_xlabel("images per second (log scale)")
-        for i, v in enumerate(d["images_per_s"]):
+        for i, (_, _, v) in enumerate(bars):
             ax.annotate(fmt_rate(float(v)), (v, i), va="center", xytext=(3, 0), textcoords="offset points", fontsize=8)
         ax.margins(x=0.15)
-        return _render(fig, "Measured sampling throughput; blue: one-step students, grey: multi-step teacher "
-                            "samplers. The gap is roughly the NFE ratio.", "sampling throughput", "speed")
+        return _render(fig, "Measured sampling throughput; blue: one-step students, grey: multi-step teacher samplers.",
+                       "sampling throughput", "speed")

@@ -1,28 +1,16 @@
-"""Where and with what the report (and, where the runs recorded it, the results) was made:
-hardware, git commit, config hash, package versions, seeds."""
+"""Where the report is rendered: hardware and the seeds in the config. Which code made the
+results (commit, package versions) is in mct.provenance and in every record."""
 
 from __future__ import annotations
 
 import os
 import platform
 import shutil
-import subprocess
 import sys
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Optional
 
-PACKAGES = ["mct", "torch", "torchvision", "numpy", "scipy", "pandas", "matplotlib", "seaborn", "jinja2",
-            "torch-fidelity", "open_clip_torch", "diffusers", "transformers", "scikit-learn", "snakemake", "dvc"]
-
-
-def _run(cmd: list[str], cwd: Optional[Path] = None, timeout: float = 10.0) -> Optional[str]:
-    try:
-        out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False,
-                             stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
+from ..provenance import run_quiet as _run
 
 
 def cpu_model() -> str:
@@ -55,7 +43,7 @@ def gpus() -> list[str]:
     try:
         if torch is not None and torch.cuda.is_available():
             return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    except Exception:  # noqa: BLE001 - a broken CUDA install must not break the report
+    except (RuntimeError, AssertionError):  # a broken CUDA install must not break the report
         pass
     return []
 
@@ -75,33 +63,6 @@ def hardware() -> dict[str, Any]:
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
     }
-
-
-def git_info(start: Optional[Path] = None) -> dict[str, Optional[str]]:
-    """Commit, branch and dirty flag of the repository holding ``start`` (or the cwd,
-    or this package), or ``MCT_GIT_COMMIT`` when set (e.g. a build without .git)."""
-    env = os.environ.get("MCT_GIT_COMMIT")
-    if env:
-        return {"commit": env, "dirty": None, "branch": None}
-    for base in [start, Path.cwd(), Path(__file__).resolve().parent]:
-        if base is None or not Path(base).exists():
-            continue
-        commit = _run(["git", "rev-parse", "HEAD"], cwd=Path(base))
-        if commit:
-            status = _run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=Path(base))
-            branch = _run(["git", "rev-parse", "--abbrev-ref", "HEAD"], cwd=Path(base))
-            return {"commit": commit, "dirty": bool(status) if status is not None else None, "branch": branch}
-    return {"commit": None, "dirty": None, "branch": None}
-
-
-def versions(packages=PACKAGES) -> dict[str, Optional[str]]:
-    out = {}
-    for name in packages:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 def config_seeds(raw: Any, path: str = "") -> list[tuple[str, Any]]:

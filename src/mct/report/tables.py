@@ -8,12 +8,11 @@ that says why."""
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional
 
 import pandas as pd
-
-from .collect import is_number
 
 MISSING = "\u2014"  # em dash
 
@@ -43,6 +42,13 @@ class Table:
     @property
     def numeric_cells(self) -> int:
         return sum(1 for r in self.rows for c in r.cells if "num" in c.cls and "missing" not in c.cls)
+
+
+def is_number(v: Any) -> bool:
+    """A finite real number (Python or numpy), not a boolean."""
+    if isinstance(v, bool) or type(v).__name__ == "bool_":
+        return False
+    return isinstance(v, numbers.Real) and math.isfinite(float(v))
 
 
 # --- number formatting --------------------------------------------------------------
@@ -128,6 +134,9 @@ METRICS: dict[str, Metric] = {
     "seconds": Metric("Seconds", fmt_duration, "wall time"),
     "accuracy": Metric("Accuracy", fmt_fixed(4), "held-out accuracy"),
     "fid_floor": Metric("FID floor", fmt_fixed(2), "FID between two disjoint sets of real images"),
+    "kid_std": Metric("KID std\u00d710\u00b3", fmt_kid, "KID standard deviation over subsets x 1000"),
+    "f_score": Metric("F-score \u2191", fmt_fixed(3), "harmonic mean of precision and recall"),
+    "sample_seconds": Metric("Sampling time", fmt_duration, "wall time of drawing the evaluation samples"),
 }
 
 

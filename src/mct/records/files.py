@@ -1,0 +1,243 @@
+"""The record classes, one per kind of output file, and reading/writing them."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Optional, TypeVar
+
+from .check import RecordError, check_record, metrics_field, settings_field
+from .names import METRICS, Scalar
+from .parts import Claim, CurvePoint, EMOverhead, Memory, Provenance, Scores, Speed, SummaryRow, TeacherRow
+
+R = TypeVar("R", bound="Record")
+
+
+# --------------------------------------------------------------------------- records (files)
+
+@dataclass
+class Record:
+    """Base of the file records: ``KIND`` and ``SCHEMA_VERSION`` are written beside the fields
+    and checked on reading; ``FILE`` is where the file lives under the results directory."""
+
+    KIND: ClassVar[str] = ""
+    SCHEMA_VERSION: ClassVar[int] = 1
+    FILE: ClassVar[str] = ""
+
+    @classmethod
+    def path(cls, results_dir: str | os.PathLike, **parts: str) -> Path:
+        """``FILE`` filled in, e.g. ``RunMetrics.path(root, bench="digits", variant="mct")``."""
+        return Path(results_dir) / cls.FILE.format(**parts)
+
+    def to_dict(self) -> dict:
+        return {"kind": self.KIND, "schema_version": self.SCHEMA_VERSION, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls: type[R], obj: Any, where: str = "") -> R:
+        """Check ``obj`` (a parsed file) against this class; RecordError with the field's path."""
+        where = where or cls.__name__
+        if not isinstance(obj, dict):
+            raise RecordError(f"{where}: not a JSON object")
+        obj = dict(obj)
+        kind, version = obj.pop("kind", None), obj.pop("schema_version", None)
+        if kind != cls.KIND:
+            raise RecordError(f"{where}: kind is {kind!r}, expected {cls.KIND!r}")
+        if version != cls.SCHEMA_VERSION:
+            raise RecordError(f"{where}: schema_version is {version!r}, this mct reads {cls.SCHEMA_VERSION} "
+                              "(rerun the stage that wrote it)")
+        try:
+            return check_record(cls, obj, "")
+        except RecordError as exc:
+            raise RecordError(f"{where}: {exc}") from None
+
+
+@dataclass
+class RunMetrics(Record):
+    """A distilled generator scored by ``evaluate``: ``settings`` are the variant's knobs
+    (:data:`SETTINGS`), ``scores`` its one-step samples, ``fid_curve`` the FID measured during
+    training, ``notes`` free text shown beside the numbers (e.g. which teacher stood in)."""
+
+    KIND: ClassVar[str] = "run_metrics"
+    FILE: ClassVar[str] = "{bench}/runs/{variant}/metrics.json"
+
+    bench: str
+    variant: str
+    nfe: int
+    scores: Scores
+    provenance: Provenance
+    settings: dict[str, Scalar] = settings_field(default_factory=dict)
+    num_samples: Optional[int] = None
+    iterations: Optional[int] = None
+    train_seconds: Optional[float] = None
+    sample_seconds: Optional[float] = None
+    eval_seconds: Optional[float] = None
+    fid_curve: list[CurvePoint] = field(default_factory=list)
+    notes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def samples_per_second(self) -> Optional[float]:
+        if self.num_samples and self.sample_seconds:
+            return self.num_samples / self.sample_seconds
+        return None
+
+
+@dataclass
+class TeacherMetrics(Record):
+    """The teacher scored by ``teacher_eval``: one row per NFE, the real-vs-real floor (same
+    metric, real images against the reference) and where distillation starts (the teacher's
+    own one-step guess g(z) = D(sigma_g z, sigma_g))."""
+
+    KIND: ClassVar[str] = "teacher_metrics"
+    FILE: ClassVar[str] = "{bench}/teacher/metrics.json"
+
+    bench: str
+    rows: list[TeacherRow]
+    provenance: Provenance
+    sampler: Optional[str] = None
+    guidance: Optional[float] = None
+    reference: Optional[str] = None
+    real_floor: Optional[Scores] = None
+    init_generator: Optional[Scores] = None
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def fid_by_nfe(self) -> dict[int, float]:
+        return {r.nfe: r.scores.metrics["fid"] for r in self.rows if "fid" in r.scores.metrics}
+
+
+@dataclass
+class AuxMetrics(Record):
+    """An auxiliary network trained by a stage (``net``: 'features' = the FID classifier,
+    'clip' = the CLIP scorer): its own metrics and, for a feature network, the real-vs-real
+    floor of the metrics it defines (train split against held-out split)."""
+
+    KIND: ClassVar[str] = "aux_metrics"
+    FILE: ClassVar[str] = "{bench}/{net}/metrics.json"
+
+    bench: str
+    net: str
+    provenance: Provenance
+    metrics: dict[str, float] = metrics_field(default_factory=dict)
+    train_seconds: Optional[float] = None
+    real_floor: Optional[Scores] = None
+
+
+@dataclass
+class CorrectionMetrics(Record):
+    """Joint MCMC correction of one-step samples (``correct``): the same samples scored before
+    and after ``steps`` Langevin steps, and the generator at the moved latents."""
+
+    KIND: ClassVar[str] = "correction_metrics"
+    FILE: ClassVar[str] = "{bench}/runs/{variant}/correct/metrics.json"
+
+    bench: str
+    variant: str
+    steps: int
+    sigma: float
+    gamma_eps: float
+    gamma_z: float
+    num_samples: int
+    seconds: float
+    before: Scores
+    after: Scores
+    provenance: Provenance
+    generator_at_z_K: Optional[Scores] = None
+    z_moved_rms: Optional[float] = None
+    image_moved_rms: Optional[float] = None
+
+    def change(self, name: str) -> Optional[tuple[float, float, Optional[bool]]]:
+        """(before, after, helped) for metric ``name``; helped is None when the metric has no
+        better direction (or the values are equal); None when either side lacks it."""
+        b, a = self.before.get(name), self.after.get(name)
+        if b is None or a is None:
+            return None
+        better = METRICS.get(name, ("", ""))[1]
+        helped = None if not better or a == b else (a < b if better == "lower" else a > b)
+        return b, a, helped
+
+
+@dataclass
+class Summary(Record):
+    """One row per evaluated variant and the benchmark's claims checked with numbers
+    (``summarize``); ``missing`` lists configured variants without a metrics.json."""
+
+    KIND: ClassVar[str] = "summary"
+    FILE: ClassVar[str] = "{bench}/summary.json"
+
+    bench: str
+    rows: list[SummaryRow]
+    provenance: Provenance
+    claims: list[Claim] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+    def csv_rows(self) -> list[dict]:
+        """The flat view written to summary.csv (variant, nfe, settings, metrics)."""
+        return [{"variant": r.variant, "nfe": r.nfe, **r.settings, **r.metrics} for r in self.rows]
+
+
+@dataclass
+class BenchRecord(Record):
+    """``mct bench``: sampling speed, EM overhead and memory of one benchmark's networks, or
+    ``skipped`` (the reason) with no measurements."""
+
+    KIND: ClassVar[str] = "bench"
+    FILE: ClassVar[str] = "bench/{bench}.json"
+
+    bench: str
+    device: str
+    provenance: Provenance
+    variant: Optional[str] = None
+    device_name: Optional[str] = None
+    skipped: Optional[str] = None
+    batch_size: Optional[int] = None
+    num_threads: Optional[int] = None
+    timing: Optional[str] = None
+    same_network: Optional[bool] = None
+    weights: dict[str, str] = field(default_factory=dict)
+    student: Optional[Speed] = None
+    teacher: list[Speed] = field(default_factory=list)
+    em: Optional[EMOverhead] = None
+    memory: Optional[Memory] = None
+    wall_seconds: Optional[float] = None
+
+
+@dataclass
+class MixtureTeacher(Record):
+    """The exact mixture teacher of a 2-D benchmark (isotropic Gaussians): the report draws its
+    density under the samples."""
+
+    KIND: ClassVar[str] = "mixture_teacher"
+    FILE: ClassVar[str] = "{bench}/teacher.json"
+
+    bench: str
+    means: list[list[float]]
+    stds: list[float]
+    weights: list[float]
+    provenance: Provenance
+
+
+RECORDS: tuple[type[Record], ...] = (RunMetrics, TeacherMetrics, AuxMetrics, CorrectionMetrics, Summary, BenchRecord,
+                                     MixtureTeacher)
+
+
+# --------------------------------------------------------------------------- files
+
+def write_record(path: str | os.PathLike, rec: Record) -> Path:
+    """Check ``rec`` exactly as a reader will, then write it atomically (mct.io.write_json)."""
+    from ..io import _json_default, write_json
+
+    if not isinstance(rec, Record) or type(rec) is Record:
+        raise TypeError(f"write_record needs a record (one of {', '.join(c.__name__ for c in RECORDS)})")
+    obj = json.loads(json.dumps(rec.to_dict(), default=_json_default))
+    type(rec).from_dict(obj, where=f"refusing to write {path}")
+    return write_json(path, obj)
+
+
+def read_record(path: str | os.PathLike, cls: type[R]) -> R:
+    """The record of class ``cls`` in ``path``; MCTError (one line) when the file is missing,
+    not JSON, of another kind or schema version, or a field does not match."""
+    from ..io import read_json
+
+    return cls.from_dict(read_json(path), where=str(path))

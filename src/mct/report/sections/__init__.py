@@ -1,0 +1,1 @@
+"""The six sections of the report, one module each: ``build(inputs) -> dict`` for the template."""

@@ -1,0 +1,132 @@
+"""Section 2: per task, the paper's reported numbers (paper_results.yaml) beside the teacher
+and the one-step students measured here, the benchmark's claims checked with numbers, and
+the teacher's quality against NFE with the students at NFE 1."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from .. import figures as F
+from ..collect import BenchResults
+from ..context import Inputs
+from ..tables import Cell, Row, Table, metric_label, number_cell
+from .common import fmt, k1_variant, metric_cols
+
+PAPER_COLS = ["fid", "kid_mean", "precision", "recall", "clip_score"]
+
+
+def _metric_cells(metrics: dict, kid_std: Optional[float], keep: list[str], missing: str) -> list[Cell]:
+    cells = []
+    for c in keep:
+        cell = number_cell(metrics.get(c), c, missing)
+        if c == "kid_mean" and kid_std is not None and "missing" not in cell.cls:
+            cell.text += f" \u00b1 {kid_std * 1e3:.2f}"  # the same x10^3 scale as the mean
+        cells.append(cell)
+    return cells
+
+
+def _claims(b: BenchResults) -> Optional[Table]:
+    if not b.summary or not b.summary.claims:
+        return None
+    t = Table(columns=[("Claim", ""), ("Numbers", "the values that decide it"), ("Holds", "")], kind=f"claims-{b.name}",
+              caption=f"Checked by `mct summarize` ({b.name}/summary.json).")
+    for c in b.summary.claims:
+        nums = ", ".join(f"{k} {fmt(v, 'fid' if 'fid' in k else '')}" for k, v in c.values.items())
+        t.rows.append(Row([Cell(c.claim, "text"), Cell(nums, "text"), Cell("yes" if c.holds else "no",
+                                                                           "ok" if c.holds else "bad")]))
+    return t
+
+
+def _notes(inputs: Inputs, b: BenchResults) -> list[str]:
+    notes = []
+    feats = b.aux.get("features")
+    if feats and "heldout_accuracy" in feats.metrics:
+        notes.append(f"Feature network (FID/KID/precision/recall): held-out accuracy "
+                     f"{feats.metrics['heldout_accuracy']:.3f}.")
+    floor = b.real_floor("fid")
+    if floor is not None:
+        notes.append(f"FID floor (two disjoint sets of real images): {floor:.2f}; FID differences below it are noise.")
+    clip = b.aux.get("clip")
+    if clip:
+        items = [f"{k.replace('_', ' ')} {fmt(v, 'clip_score' if k.startswith('clip_score') else '')}"
+                 for k, v in clip.metrics.items() if k in ("zero_shot_accuracy", "clip_score_real", "clip_score_mismatched")]
+        if items:
+            notes.append("CLIP model of this benchmark: " + ", ".join(items) + ".")
+    standin = inputs.standin_for(b.name)
+    if standin:
+        notes.append(f"Embedded CPU stand-in for {', '.join(standin)}: same code path, its own teacher and feature "
+                     "network; numbers are not comparable to the paper's.")
+    if b.mixture:
+        notes.append("Exact metrics against the analytic mixture teacher (no feature network). "
+                     "Mode-mass TV: 0 = every mode holds its true weight.")
+    note = next((r.notes["teacher_note"] for r in b.runs.values() if "teacher_note" in r.notes), None)
+    if note is None and b.teacher:
+        note = b.teacher.notes.get("teacher_note")
+    if note:
+        notes.append(f"Teacher: {note}")
+    return notes
+
+
+def task_block(inputs: Inputs, name: str) -> dict:
+    b = inputs.results.bench(name)
+    spec = inputs.paper.get(name) or {}
+    ran = b is not None and b.ran
+    keep = ["nfe"] + (metric_cols(b) if ran else [c for c in PAPER_COLS if any(r.get(c) is not None
+                                                                                  for r in spec.get("rows", []))])
+    keep += [c for c in PAPER_COLS if c not in keep and any(r.get(c) is not None for r in spec.get("rows", []))]
+    header = [("Method", ""), *[(metric_label(c), "") for c in keep]]
+    if ran:
+        header.append(("Train time", "wall time of the distillation"))
+    header.append(("Source", "where the number comes from"))
+    t = Table(columns=header, kind=f"main-{name}")
+    for r in spec.get("rows", []):
+        cells = [Cell(r.get("method", "?"), "label")]
+        cells += [number_cell(r[c], c) if r.get(c) is not None else Cell("", "na", "not reported") for c in keep]
+        cells += [Cell("", "na")] if ran else []
+        cells.append(Cell(r.get("source", ""), "source"))
+        t.rows.append(Row(cells, "paper teacher" if r.get("teacher") else ("paper ours-paper" if r.get("ours_paper") else "paper")))
+    figs = []
+    if ran:
+        path = f"{name}/teacher/metrics.json"
+        for tr in (b.teacher.rows if b.teacher else []):
+            m = {"nfe": tr.nfe, **tr.scores.metrics}
+            cells = [Cell(f"Teacher, {tr.nfe} NFE (measured here)", "label")]
+            cells += _metric_cells(m, tr.scores.get("kid_std"), keep, "not in teacher/metrics.json")
+            t.rows.append(Row(cells + [Cell("", "na"), Cell(path, "source")], "ours teacher"))
+        ref, k1 = b.reference, k1_variant(b)
+        labels = {ref: f"MCT one-step student ({ref}, this pipeline)",
+                  k1: f"K = 1 baseline: reverse-KL gradient ({k1}, DMD / Diff-Instruct style)"}
+        for v in (ref, k1):
+            if v is None:
+                continue
+            r = b.runs[v]
+            cells = [Cell(labels[v], "label")]
+            cells += _metric_cells({"nfe": r.nfe, **r.scores.metrics}, r.scores.get("kid_std"), keep, "not in metrics.json")
+            cells += [number_cell(r.train_seconds, "train_seconds"), Cell(f"{name}/runs/{v}/metrics.json", "source")]
+            t.rows.append(Row(cells, "ours"))
+        if ref is None:
+            t.rows.append(Row([Cell("MCT (this pipeline)", "label"),
+                               Cell(f"no run evaluated yet under {name}/runs/", "missing", "", len(header) - 1)], "ours"))
+        if b.teacher and ref is not None:
+            fig = F.teacher_vs_student({r.nfe: r.scores.get("fid") for r in b.teacher.rows},
+                                       {v: b.runs[v].scores.get("fid") for v in (ref, k1) if v}, "fid", name,
+                                       floor=b.real_floor("fid"))
+            if fig:
+                figs.append(fig)
+    elif spec.get("command"):
+        cmd = spec["command"]
+        t.rows.append(Row([Cell("MCT (this pipeline)", "label"),
+                           Cell(f"not run here \u2014 needs GPUs; run: {cmd}", "notrun code", cmd, len(header) - 1)], "notrun"))
+    else:
+        t.rows.append(Row([Cell("MCT (this pipeline)", "label"),
+                           Cell(f"no results yet under {name}/", "missing", "", len(header) - 1)], "ours"))
+    return {"name": name, "title": spec.get("title") or name, "table": t, "figures": figs,
+            "claims": _claims(b) if b else None, "warning": spec.get("warning"), "metric_note": spec.get("metric_note"),
+            "teacher": spec.get("teacher"), "notes": _notes(inputs, b) if b else [],
+            "paper_scale": bool(spec.get("command")), "ran": ran, "command": spec.get("command")}
+
+
+def build(inputs: Inputs) -> dict:
+    paper = inputs.paper_scale()
+    order = paper + [b.name for b in inputs.results.benches if b.name not in paper]
+    return {"tasks": [task_block(inputs, n) for n in order]}
