@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ..config import config_hash, deep_merge, from_dict, to_dict
+from ..config import check_name, config_hash, deep_merge, from_dict, to_dict
 from ..errors import ConfigError, MCTError
-from ..io import read_json, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +45,14 @@ class RunContext:
     progress: bool = True
 
     def bench_dir(self, bench: str) -> Path:
-        return self.results_dir / bench
+        from ..io import inside
+
+        return inside(self.results_dir, bench)
 
     def run_dir(self, bench: str, variant: str) -> Path:
-        return self.results_dir / bench / "runs" / variant
+        from ..io import inside
+
+        return inside(self.results_dir, bench, "runs", variant)
 
 
 @dataclass
@@ -94,7 +97,10 @@ class Benchmark:
         variants = section.get("variants", {}) or {}
         if not isinstance(variants, dict):
             raise ConfigError(f"{path}.variants must be a mapping of variant name to overrides")
+        for name in variants:
+            check_name(name, "variant name")
         if variant is not None:
+            check_name(variant, "variant name")
             if variant not in variants:
                 raise ConfigError(f"unknown variant {variant!r} for {self.name} "
                                   f"(configured: {', '.join(variants) or 'none'})")
@@ -136,6 +142,7 @@ class Benchmark:
         out = {"K": em.num_steps}
         out.update({k: getattr(em, k) for k in EM_SETTINGS[1:]})
         out["init"] = self.init_kind(cfg)
+        out["seed"] = cfg.train.seed
         return out
 
     def init_kind(self, cfg) -> str:
@@ -159,8 +166,9 @@ class Benchmark:
         """The benchmark's metrics of one-step samples (``rng`` continues the evaluation seed)."""
         raise NotImplementedError
 
-    def save_samples(self, cfg, ctx: RunContext, run_dir: Path, images, cond, title: str) -> None:
-        """Write ``run_dir/samples.png`` (and whatever else a reader of the run needs)."""
+    def save_samples(self, cfg, ctx: RunContext, out, images, cond, title: str) -> None:
+        """Write ``samples.png`` (and whatever else a reader of the run needs) through ``out.path(name)``
+        (:class:`mct.io.StageOutputs`: the file enters the run's completion record)."""
         raise NotImplementedError
 
     def generator_from_record(self, cfg, ctx: RunContext, record: dict):
@@ -229,72 +237,80 @@ class Benchmark:
         return gen.to(ctx.device).eval().requires_grad_(False), state
 
     def evaluate(self, section: dict, ctx: RunContext, variant: str) -> dict:
-        """Score a distilled generator (one step) -> runs/<variant>/{samples.png, ..., metrics.json}.
-        metrics.json is written last and removed first: present means the run's outputs are whole."""
+        """Score a distilled generator (one step) -> runs/<variant>/{samples.png, ..., metrics.json} and
+        the completion record ``.complete-evaluate.json`` (written last, removed first: readers require it)."""
         import torch
 
+        from ..io import stage_outputs
+
         cfg = self.setup(section, variant)
-        run_dir = ctx.run_dir(self.name, variant)
         gen, state = self.load_generator(cfg, ctx, variant)
-        (run_dir / "metrics.json").unlink(missing_ok=True)
         device = torch.device(ctx.device)
         rng = torch.Generator(device=device).manual_seed(cfg.eval.seed)
         n, bs = cfg.eval.num_samples, getattr(cfg.eval, "batch_size", cfg.eval.num_samples)
-        t0 = time.perf_counter()
-        z, cond = self.eval_latents(cfg, n, rng, device)
-        with torch.no_grad():
-            x = torch.cat([gen(z[i:i + bs], None if cond is None else cond[i:i + bs]) for i in range(0, n, bs)])
-        sample_seconds = time.perf_counter() - t0
-        x, cond = x.cpu(), None if cond is None else cond.cpu()
-        metrics = self.score(cfg, ctx, x, cond, rng)
-        metrics.update(self.extra_metrics(cfg, ctx, variant))
-        self.save_samples(cfg, ctx, run_dir, x, cond, f"{self.name} {variant}")
-        metrics.update({
-            "bench": self.name, "variant": variant, "nfe": 1, **self.settings(cfg),
-            "iterations": int(state["iteration"]), "train_seconds": round(float(state.get("seconds", 0.0)), 3),
-            "num_samples": n, "sample_seconds": round(sample_seconds, 3),
-            "samples_per_second": round(n / max(sample_seconds, 1e-9), 1), "seed": cfg.train.seed,
-            "run_hash": self.run_hash(cfg),
-        })
-        curve = [{"iteration": r["iteration"], "fid": r["fid"]} for r in state.get("eval_log") or [] if "fid" in r]
-        if curve:
-            metrics["fid_curve"] = curve
-        self.write_metrics(run_dir / "metrics.json", metrics)
+        with stage_outputs(ctx.run_dir(self.name, variant), "evaluate", self.run_hash(cfg)) as out:
+            t0 = time.perf_counter()
+            z, cond = self.eval_latents(cfg, n, rng, device)
+            with torch.no_grad():
+                x = torch.cat([gen(z[i:i + bs], None if cond is None else cond[i:i + bs]) for i in range(0, n, bs)])
+            sample_seconds = time.perf_counter() - t0
+            x, cond = x.cpu(), None if cond is None else cond.cpu()
+            scores = {**self.score(cfg, ctx, x, cond, rng), **self.extra_metrics(cfg, ctx, variant)}
+            self.save_samples(cfg, ctx, out, x, cond, f"{self.name} {variant}")
+            rec = self.run_record(cfg, variant, state, scores, num_samples=n, sample_seconds=sample_seconds)
+            self.write_record(out.path("metrics.json"), rec)
         log.info("%s %s: %s", self.name, variant, ", ".join(
-            f"{k} {metrics[k]:.4g}" for k in self.summary_metrics[:4] if isinstance(metrics.get(k), (int, float))))
-        return metrics
+            f"{k} {rec.scores.get(k):.4g}" for k in self.summary_metrics[:4] if rec.scores.get(k) is not None))
+        return rec.to_dict()
 
-    def write_metrics(self, path: Path, metrics: dict) -> None:
-        from ..io import write_json
+    def run_record(self, cfg, variant: str, state: dict, scores: dict, ignore=(), notes=None, **fields):
+        """The run's :class:`mct.records.RunMetrics`: settings, scores, provenance (the run hash)."""
+        from ..records import CurvePoint, RunMetrics, Scores, provenance
 
-        write_json(path, metrics)
+        curve = [CurvePoint(int(r["iteration"]), float(r["fid"])) for r in state.get("eval_log") or [] if "fid" in r]
+        return RunMetrics(bench=self.name, variant=variant, nfe=1, scores=Scores.from_flat(scores, ignore=ignore),
+                          provenance=provenance(self.run_hash(cfg)), settings=self.settings(cfg),
+                          iterations=int(state["iteration"]), train_seconds=round(float(state.get("seconds", 0.0)), 3),
+                          fid_curve=curve, notes=dict(notes or {}),
+                          **{k: (round(v, 3) if isinstance(v, float) else v) for k, v in fields.items()})
 
-    def variant_metrics(self, section: dict, ctx: RunContext) -> list[tuple[str, dict]]:
-        """(variant, its metrics.json) for every configured variant; a missing one, or one written
-        for weights of another config, is an error naming the command that makes it."""
+    @staticmethod
+    def write_record(path: Path, rec) -> None:
+        from ..records import write_record
+
+        write_record(path, rec)
+
+    def variant_records(self, section: dict, ctx: RunContext) -> list:
+        """Every configured variant's :class:`mct.records.RunMetrics`; a missing or incomplete one, or one
+        written for weights of another config, is an error naming the command that makes it."""
+        from ..io import require_complete
+        from ..records import RunMetrics, read_record
+
         out = []
         for variant in self.variant_names(section):
-            path = ctx.run_dir(self.name, variant) / "metrics.json"
-            cmd = f"mct evaluate --bench {self.name} --variant {variant}"
-            if not path.exists():
-                raise MCTError(f"{path} is missing; run `{cmd}` first")
-            m = read_json(path)
-            if not isinstance(m, dict) or m.get("run_hash") != self.run_hash(self.parse(section, variant)):
-                raise MCTError(f"{path} was not written for the current config of {self.name}/{variant}; "
-                               f"rerun `{cmd}`")
-            out.append((variant, m))
+            run_dir, cmd = ctx.run_dir(self.name, variant), f"mct evaluate --bench {self.name} --variant {variant}"
+            require_complete(run_dir, "evaluate", cmd, config_hash=self.run_hash(self.parse(section, variant)))
+            out.append(read_record(run_dir / "metrics.json", RunMetrics))
         return out
 
-    def summarize(self, section: dict, ctx: RunContext) -> list[dict]:
-        """One row per variant (its settings, then ``summary_metrics``) -> <bench>/summary.csv."""
-        rows = []
-        for variant, m in self.variant_metrics(section, ctx):
-            cfg = self.parse(section, variant)
-            cols = ["variant", *self.settings(cfg), *self.summary_metrics, "iterations", "train_seconds", "seed"]
-            rows.append({c: m.get(c) for c in cols} | {"variant": variant})
-        if rows:
-            write_csv(ctx.bench_dir(self.name) / "summary.csv", rows, fieldnames=list(rows[0]))
-        return rows
+    def summarize(self, section: dict, ctx: RunContext):
+        """One row per variant -> <bench>/summary.csv and <bench>/summary.json (with the claims)."""
+        from ..io import stage_outputs, write_csv
+        from ..records import Summary, SummaryRow, provenance
+
+        recs = self.variant_records(section, ctx)
+        rows = [SummaryRow(variant=r.variant, nfe=r.nfe, settings=r.settings, metrics=r.scores.metrics) for r in recs]
+        summary = Summary(bench=self.name, rows=rows, claims=self.claims(section, ctx, recs),
+                          provenance=provenance(config_hash(to_dict(self.parse(section)))))
+        with stage_outputs(ctx.bench_dir(self.name), "summarize") as out:
+            csv_rows = summary.csv_rows()
+            write_csv(out.path("summary.csv"), csv_rows, fieldnames=list(csv_rows[0]) if csv_rows else ["variant"])
+            self.write_record(out.path("summary.json"), summary)
+        return summary
+
+    def claims(self, section: dict, ctx: RunContext, recs: list) -> list:
+        """The paper's claims this benchmark can decide (:class:`mct.records.Claim`); default none."""
+        return []
 
     def unsupported(self, stage: str):
         raise MCTError(f"benchmark {self.name} has no stage {stage!r} (it has: {', '.join(self.stages)})")

@@ -355,10 +355,12 @@ class Digits(ImageBenchmark):
     def features(self, section: dict, ctx: RunContext) -> dict:
         """Train the classifier -> features/{checkpoint.pt, metrics.json} (held-out accuracy and the
         real-vs-real floor: train split against held-out split)."""
-        from ..io import ensure_writable_dir, torch_save, write_json
+        from ..config import config_hash, to_dict
+        from ..io import ensure_writable_dir, stage_outputs, torch_save
         from ..metrics.classes import predict_classes
         from ..metrics.fidelity import features_checkpoint, fidelity_metrics
         from ..nets.classifier import SmallCNN
+        from ..records import AuxMetrics, Scores, provenance
         from ..training.classifier import train_classifier
 
         cfg = self.setup(section)
@@ -374,17 +376,19 @@ class Digits(ImageBenchmark):
         acc = {part: float((predict_classes(net, getattr(split, part).images.to(device))
                             == getattr(split, part).labels).double().mean()) for part in ("heldout", "train")}
         net.cpu()
-        metrics = {"heldout_accuracy": acc["heldout"], "train_accuracy": acc["train"], "train_seconds": run.seconds,
+        metrics = {"heldout_accuracy": acc["heldout"], "train_accuracy": acc["train"],
                    "params": sum(p.numel() for p in net.parameters()), "feature_dim": fc.feature_dim,
                    "feature_scale": scale, "train_size": len(split.train), "heldout_size": len(split.heldout)}
-        path = torch_save(out_dir / "checkpoint.pt", features_checkpoint(net, metrics))
-        floor = fidelity_metrics(split.train.images, split.heldout.images, path,
-                                 kid_subset_size=cfg.eval.kid_subset_size, kid_subsets=cfg.eval.kid_subsets,
-                                 device=ctx.device, seed=cfg.eval.seed)
-        metrics["real_floor"] = {**floor, "what": "train split vs held-out split"}
-        write_json(out_dir / "metrics.json", metrics)
+        with stage_outputs(out_dir, "features") as out:
+            path = torch_save(out.path("checkpoint.pt"), features_checkpoint(net, {**metrics, "train_seconds": run.seconds}))
+            floor = fidelity_metrics(split.train.images, split.heldout.images, path,
+                                     kid_subset_size=cfg.eval.kid_subset_size, kid_subsets=cfg.eval.kid_subsets,
+                                     device=ctx.device, seed=cfg.eval.seed)
+            rec = AuxMetrics(bench=self.name, net="features", metrics=metrics, train_seconds=run.seconds,
+                             real_floor=Scores.from_flat(floor), provenance=provenance(config_hash(to_dict(fc))))
+            self.write_record(out.path("metrics.json"), rec)
         log.info("%s features: held-out accuracy %.4f, real-vs-real FID %.3f", self.name, acc["heldout"], floor["fid"])
-        return metrics
+        return rec
 
 
 def get_benchmark(name: str) -> Digits:

@@ -46,7 +46,6 @@ from ..diffusion.samplers import SAMPLERS
 from ..distill.em import EMConfig
 from ..distill.trainer import TrainConfig
 from ..errors import CheckpointError, ConfigError
-from ..io import read_json
 from ..nets.unet import UNetConfig
 from .base import Parts, RunContext
 from .images import ImageBenchmark
@@ -238,8 +237,7 @@ class DigitsText(ImageBenchmark):
     stage_params = {"clip": ("data", "captions", "clip"),
                     "teacher_train": ("data", "captions", "clip", "teacher"),
                     "teacher_eval": ("data", "captions", "clip", "teacher", "eval")}
-    summary_metrics = ("fid", "kid_mean", "precision", "recall", "clip_score", "clip_score_real", "class_accuracy",
-                       "fid_real_floor")
+    summary_metrics = ("fid", "kid_mean", "precision", "recall", "clip_score", "clip_score_real", "class_accuracy")
 
     def settings(self, cfg: DigitsTextConfig) -> dict:
         return {**super().settings(cfg), "sigma_g": cfg.sigma_g, "guidance": cfg.teacher.guidance}
@@ -312,8 +310,10 @@ class DigitsText(ImageBenchmark):
     def clip(self, section: dict, ctx: RunContext) -> dict:
         import time
 
-        from ..io import ensure_writable_dir, torch_save, write_csv, write_json
+        from ..config import config_hash, to_dict
+        from ..io import ensure_writable_dir, stage_outputs, torch_save, write_csv
         from ..metrics.clip import ClipScorer, build_clip
+        from ..records import AuxMetrics, provenance
         from ..training.clip import save_clip, tiny_clip_config, train_clip
 
         cfg = self.setup(section)
@@ -344,19 +344,23 @@ class DigitsText(ImageBenchmark):
         model.requires_grad_(False)
         scorer = ClipScorer(model, tokenizer, device=ctx.device, batch_size=512)
         metrics = self._clip_metrics(cfg, scorer, split.heldout.images, split.heldout.labels)
-        metrics.update(train_seconds=round(seconds, 3), steps=c.steps, final_loss=logs[-1]["loss"] if logs else None,
-                       params=sum(p.numel() for p in model.parameters()))
+        metrics.update(steps=c.steps, params=sum(p.numel() for p in model.parameters()))
+        if logs:
+            metrics["final_loss"] = logs[-1]["loss"]
         log.info("digits-text CLIP: zero-shot accuracy %.3f, real-image CLIP score %.2f (mismatched captions %.2f), "
                  "%.1f s", metrics["zero_shot_accuracy"], metrics["clip_score_real"], metrics["clip_score_mismatched"],
                  seconds)
-        save_clip(model, config, out_dir)  # open_clip's local-dir layout (load_clip_scorer('local-dir:...'))
-        torch_save(self.clip_path(ctx), {"format": CLIP_FORMAT, "config": config,
-                                         "state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                                         "templates": list(templates), "cond_table": self.cond_table(cfg, scorer).cpu(),
-                                         "metrics": metrics})
-        write_csv(out_dir / "train_log.csv", logs)
-        write_json(out_dir / "metrics.json", metrics)
-        return metrics
+        with stage_outputs(out_dir, "clip") as out:
+            save_clip(model, config, out_dir)  # open_clip's local-dir layout (load_clip_scorer('local-dir:...'))
+            torch_save(out.path("checkpoint.pt"), {
+                "format": CLIP_FORMAT, "config": config, "templates": list(templates), "metrics": metrics,
+                "state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "cond_table": self.cond_table(cfg, scorer).cpu()})
+            write_csv(out.path("train_log.csv"), logs)
+            rec = AuxMetrics(bench=self.name, net="clip", metrics=metrics, train_seconds=round(seconds, 3),
+                             provenance=provenance(config_hash(to_dict(c))))
+            self.write_record(out.path("metrics.json"), rec)
+        return rec
 
     def _clip_metrics(self, cfg: DigitsTextConfig, scorer, images: Tensor, labels: Tensor) -> dict:
         """CLIP score of real held-out images with captions of their digit (the ceiling), with
@@ -470,6 +474,7 @@ class DigitsText(ImageBenchmark):
         from ..metrics.classes import class_metrics, predict_classes
         from ..metrics.clip import clip_score
         from ..metrics.fidelity import fidelity_metrics, load_feature_net
+        from ..records import AuxMetrics, read_record
 
         images = images.clamp(-1, 1)
         heldout = self.split(cfg).heldout
@@ -486,14 +491,9 @@ class DigitsText(ImageBenchmark):
         cm = class_metrics(predict_classes(fnet.to("cpu"), images.cpu()), 10, cond=labels)
         metrics.update({k: cm[k] for k in ("class_accuracy", "class_entropy", "classes_covered")})
         clip_json = self.clip_path(ctx).parent / "metrics.json"
-        metrics["clip_score_real"] = read_json(clip_json).get("clip_score_real") if clip_json.exists() else None
-        fmeta = fpath.parent / "metrics.json"
-        metrics["fid_real_floor"] = ((read_json(fmeta).get("real_floor") or {}) if fmeta.exists() else {}).get("fid")
+        if clip_json.exists():
+            metrics["clip_score_real"] = read_record(clip_json, AuxMetrics).metrics.get("clip_score_real")
         return metrics
-
-    def real_floor(self, cfg, ctx: RunContext):
-        path = self.features_file(cfg, ctx).parent / "metrics.json"
-        return read_json(path).get("real_floor") if path.exists() else None
 
     def distill(self, section: dict, ctx: RunContext, variant: str, **kw) -> dict:
         self._ctx = ctx

@@ -385,46 +385,53 @@ class ImageNet(Benchmark):
                                     "128x128_diffusion.pt as teacher (reported MCT/EMD FID 6.0 used the paper's own)"}
         return {}
 
-    def evaluate(self, section: dict, ctx: RunContext, variant: str) -> dict:
-        """FID of 50,000 one-step samples per seed, streamed (never all in memory) -> metrics.json last."""
-        cfg = self.parse(section, variant)
-        run_dir = ctx.run_dir(self.name, variant)
-        gen, state = self.load_generator(cfg, ctx, variant)
-        (run_dir / "metrics.json").unlink(missing_ok=True)
-        t0 = time.perf_counter()
-        result = self._score(cfg, ctx, lambda z, c: gen(z, c), cfg.eval.num_samples, cfg.eval.seeds,
-                             run_dir / "samples.png")
-        total = cfg.eval.num_samples * len(cfg.eval.seeds)
-        metrics = {"bench": self.name, "variant": variant, "nfe": 1, **result, **self.settings(cfg),
-                   "iterations": int(state["iteration"]), "train_seconds": round(float(state.get("seconds", 0.0)), 3),
-                   "samples_per_second_with_features": round(total / max(time.perf_counter() - t0, 1e-9), 2),
-                   "teacher_url": cfg.teacher.url, "seed": cfg.train.seed, "run_hash": self.run_hash(cfg),
-                   **self._teacher_note()}
-        self.write_metrics(run_dir / "metrics.json", metrics)
-        log.info("%s %s: FID %.3f (min over seeds %s)", self.name, variant, metrics["fid"], list(cfg.eval.seeds))
-        return metrics
+    def evaluate(self, section: dict, ctx: RunContext, variant: str):
+        """FID of 50,000 one-step samples per seed, streamed (never all in memory) -> samples.png,
+        metrics.json and the completion record."""
+        from ..io import stage_outputs
 
-    def teacher_eval(self, section: dict, ctx: RunContext) -> dict:
+        cfg = self.parse(section, variant)
+        gen, state = self.load_generator(cfg, ctx, variant)
+        with stage_outputs(ctx.run_dir(self.name, variant), "evaluate", self.run_hash(cfg)) as out:
+            result = self._score(cfg, ctx, lambda z, c: gen(z, c), cfg.eval.num_samples, cfg.eval.seeds,
+                                 out.path("samples.png"))
+            notes = {k: str(result.pop(k)) for k in ("reference", "feature_extractor", "feature_layer")}
+            notes.update(teacher_url=cfg.teacher.url, **self._teacher_note())
+            rec = self.run_record(cfg, variant, state, result, ignore=("seeds", "num_samples", "eval_seconds"),
+                                  notes=notes, num_samples=cfg.eval.num_samples, eval_seconds=result["eval_seconds"])
+            self.write_record(out.path("metrics.json"), rec)
+        log.info("%s %s: FID %.3f (min over seeds %s)", self.name, variant, rec.scores.get("fid"), list(cfg.eval.seeds))
+        return rec
+
+    def teacher_eval(self, section: dict, ctx: RunContext):
         """The teacher's own FID with EDM's sampler at each configured NFE."""
+        from ..config import config_hash, to_dict
         from ..diffusion.samplers import sample_at_nfe
+        from ..io import stage_outputs
+        from ..records import Scores, TeacherMetrics, TeacherRow, provenance
 
         cfg = self.parse(section)
         e = cfg.eval
         teacher, _ = self.load_teacher(cfg, ctx)
         n = e.teacher_num_samples or e.num_samples
-        tdir = ctx.bench_dir(self.name) / "teacher"
-        rows = []
-        for nfe in e.teacher_nfe:
-            def make_images(z, labels, nfe=nfe):
-                return sample_at_nfe(teacher, z, nfe, labels, sampler=e.teacher_sampler, sigma_min=e.sigma_min,
-                                     sigma_max=e.sigma_max, rho=e.rho)[0]
+        with stage_outputs(ctx.bench_dir(self.name) / "teacher", "teacher_eval") as out:
+            rows = []
+            for nfe in e.teacher_nfe:
+                def make_images(z, labels, nfe=nfe):
+                    return sample_at_nfe(teacher, z, nfe, labels, sampler=e.teacher_sampler, sigma_min=e.sigma_min,
+                                         sigma_max=e.sigma_max, rho=e.rho)[0]
 
-            grid = tdir / ("samples.png" if nfe == max(e.teacher_nfe) else f"samples_nfe{nfe}.png")
-            rows.append({"nfe": nfe, "sampler": e.teacher_sampler,
-                         **self._score(cfg, ctx, make_images, n, e.teacher_seeds, grid)})
-        out = {"bench": self.name, "teacher_url": cfg.teacher.url, "rows": rows, **self._teacher_note()}
-        write_json(tdir / "metrics.json", out)
-        return out
+                grid = out.path("samples.png" if nfe == max(e.teacher_nfe) else f"samples_nfe{nfe}.png")
+                res = self._score(cfg, ctx, make_images, n, e.teacher_seeds, grid)
+                rows.append(TeacherRow(nfe=nfe, sampler=e.teacher_sampler, num_samples=n,
+                                       sample_seconds=res["eval_seconds"], scores=Scores.from_flat(
+                                           res, ignore=("seeds", "num_samples", "eval_seconds", "reference",
+                                                        "feature_extractor", "feature_layer"))))
+            rec = TeacherMetrics(bench=self.name, rows=rows, provenance=provenance(config_hash(to_dict(cfg))),
+                                 sampler=e.teacher_sampler, reference=e.ref_path or e.ref_url,
+                                 notes={"teacher_url": cfg.teacher.url, **self._teacher_note()})
+            self.write_record(out.path("metrics.json"), rec)
+        return rec
 
 
 def get_benchmark(name: str) -> ImageNet:

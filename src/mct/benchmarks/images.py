@@ -10,13 +10,12 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Optional
 
 import torch
 from torch import Tensor
 
 from ..errors import MCTError
-from ..io import ensure_writable_dir, read_json, save_image_grid, write_json
+from ..io import ensure_writable_dir, save_image_grid
 from .base import Benchmark, RunContext
 
 log = logging.getLogger(__name__)
@@ -49,8 +48,8 @@ class ImageBenchmark(Benchmark):
 
     # ------------------------------------------------------------------ written once
 
-    def save_samples(self, cfg, ctx: RunContext, run_dir: Path, images, cond, title: str) -> None:
-        self.grid(run_dir / "samples.png", images, self.eval_labels(cfg, images.shape[0]), cfg)
+    def save_samples(self, cfg, ctx: RunContext, out, images, cond, title: str) -> None:
+        self.grid(out.path("samples.png"), images, self.eval_labels(cfg, images.shape[0]), cfg)
 
     def grid(self, path: Path, images: Tensor, labels: Tensor, cfg) -> None:
         """One column per class, rows of examples, upscaled (nearest) so that a reader sees the digits."""
@@ -63,91 +62,96 @@ class ImageBenchmark(Benchmark):
         up = torch.nn.functional.interpolate(ordered.float(), scale_factor=GRID_UPSCALE, mode="nearest")
         save_image_grid(path, up, nrow=self.num_classes, padding=2)
 
-    def teacher_eval(self, section: dict, ctx: RunContext) -> dict:
+    def teacher_eval(self, section: dict, ctx: RunContext):
         """Score the teacher with its sampler at each NFE -> teacher/metrics.json (one row per NFE,
         and the one-step guess g(z) = D_T(sigma_g z, sigma_g) where distillation starts)."""
+        from ..config import config_hash, to_dict
         from ..diffusion.samplers import sample_at_nfe
+        from ..io import stage_outputs
         from ..nets.onestep import OneStepGenerator
+        from ..records import Scores, TeacherMetrics, TeacherRow, provenance
 
         cfg = self.setup(section)
         device = torch.device(ctx.device)
         teacher, _ = self.teacher_for_eval(cfg, ctx)
-        n, bs = cfg.eval.num_samples, cfg.eval.batch_size
-        rows, images = [], None
-        for nfe in self.teacher_nfes(cfg):
+        n, bs, sampler = cfg.eval.num_samples, cfg.eval.batch_size, self.sampler(cfg)
+        with stage_outputs(self.teacher_dir(ctx), "teacher_eval") as out:
+            rows, images = [], None
+            for nfe in self.teacher_nfes(cfg):
+                rng = torch.Generator(device=device).manual_seed(cfg.eval.seed)
+                z, cond = self.eval_latents(cfg, n, rng, device)
+                t0 = time.perf_counter()
+                images, measured = sample_at_nfe(teacher, z, nfe, cond, batch_size=bs, progress=ctx.progress, **sampler)
+                seconds = round(time.perf_counter() - t0, 3)
+                m = Scores.from_flat(self.score(cfg, ctx, images, None if cond is None else cond.cpu(), rng))
+                rows.append(TeacherRow(nfe=nfe, scores=m, nfe_measured=measured, sampler=sampler["sampler"],
+                                       num_samples=n, sample_seconds=seconds))
+                log.info("%s teacher NFE %d: %s", self.name, nfe, ", ".join(
+                    f"{k} {m.get(k):.4g}" for k in self.summary_metrics[:3] if m.get(k) is not None))
+            self.grid(out.path("samples.png"), images, self.eval_labels(cfg, n), cfg)
             rng = torch.Generator(device=device).manual_seed(cfg.eval.seed)
             z, cond = self.eval_latents(cfg, n, rng, device)
-            t0 = time.perf_counter()
-            images, measured = sample_at_nfe(teacher, z, nfe, cond, batch_size=bs, progress=ctx.progress,
-                                             **self.sampler(cfg))
-            seconds = round(time.perf_counter() - t0, 3)
-            m = self.score(cfg, ctx, images, None if cond is None else cond.cpu(), rng)
-            m.update(nfe=nfe, nfe_measured=measured, sample_seconds=seconds, num_samples=n)
-            rows.append(m)
-            log.info("%s teacher NFE %d: %s", self.name, nfe, ", ".join(
-                f"{k} {m[k]:.4g}" for k in self.summary_metrics[:3] if isinstance(m.get(k), (int, float))))
-        self.grid(self.teacher_dir(ctx) / "samples.png", images, self.eval_labels(cfg, n), cfg)
-        rng = torch.Generator(device=device).manual_seed(cfg.eval.seed)
-        z, cond = self.eval_latents(cfg, n, rng, device)
-        with torch.no_grad():
-            guess = OneStepGenerator(teacher, cfg.sigma_g)
-            x = torch.cat([guess(z[i:i + bs], None if cond is None else cond[i:i + bs]) for i in range(0, n, bs)])
-        init_m = self.score(cfg, ctx, x.cpu(), None if cond is None else cond.cpu(), rng)
-        init_m.update(nfe=1, sigma_g=cfg.sigma_g)
-        out = {"bench": self.name, "guidance": cfg.teacher.guidance, "sampler": self.sampler(cfg)["sampler"],
-               "num_samples": n, "rows": rows, "fid_by_nfe": {str(r["nfe"]): r.get("fid") for r in rows},
-               "real_floor": self.real_floor(cfg, ctx), "init_generator": init_m}
-        write_json(self.teacher_dir(ctx) / "metrics.json", out)
-        return out
+            with torch.no_grad():
+                guess = OneStepGenerator(teacher, cfg.sigma_g)
+                x = torch.cat([guess(z[i:i + bs], None if cond is None else cond[i:i + bs]) for i in range(0, n, bs)])
+            init = Scores.from_flat(self.score(cfg, ctx, x.cpu(), None if cond is None else cond.cpu(), rng))
+            floor = self.real_floor(cfg, ctx)
+            rec = TeacherMetrics(bench=self.name, rows=rows, provenance=provenance(config_hash(to_dict(cfg))),
+                                 sampler=sampler["sampler"], guidance=float(cfg.teacher.guidance),
+                                 reference="held-out split", real_floor=floor, init_generator=init)
+            self.write_record(out.path("metrics.json"), rec)
+        return rec
 
-    def real_floor(self, cfg, ctx: RunContext) -> Optional[dict]:
-        """FID of real train images against the held-out reference (what sampling noise alone costs)."""
+    def real_floor(self, cfg, ctx: RunContext):
+        """Scores of real train images against the held-out reference (what sampling noise alone
+        costs), from the feature network's record; None before the features stage ran."""
+        from ..records import AuxMetrics, read_record
+
         path = self.features_file(cfg, ctx).parent / "metrics.json"
-        return read_json(path).get("real_floor") if path.exists() else None
+        return read_record(path, AuxMetrics).real_floor if path.exists() else None
 
     def features_file(self, cfg, ctx: RunContext) -> Path:
         return ctx.bench_dir(self.name) / "features" / "checkpoint.pt"
 
-    def correct(self, section: dict, ctx: RunContext, variant: str) -> dict:
+    def correct(self, section: dict, ctx: RunContext, variant: str):
         """Joint Langevin correction of one-step samples with the generator frozen ->
-        runs/<variant>/correct/{before.png, after.png, metrics.json} (metrics.json last)."""
+        runs/<variant>/correct/{before.png, after.png, metrics.json} (complete only when all are written)."""
         from tqdm.auto import tqdm
 
+        from ..checkpoint import load_state_strict
         from ..distill.correct import mcmc_correct
+        from ..io import stage_outputs
+        from ..records import CorrectionMetrics, Scores, provenance
 
         cfg = self.setup(section, variant)
-        cc = cfg.correct
-        device = torch.device(ctx.device)
-        out_dir = ensure_writable_dir(ctx.run_dir(self.name, variant) / "correct")
-        (out_dir / "metrics.json").unlink(missing_ok=True)
+        cc, device = cfg.correct, torch.device(ctx.device)
         generator, _ = self.load_generator(cfg, ctx, variant)
         parts = self.build(cfg, ctx)
-        _, state = self.checkpoint_of(cfg, ctx, variant, ("student",))
-        from ..checkpoint import load_state_strict
-
-        load_state_strict(parts.student, state["student"], "student score", "checkpoint.pt")
+        path, state = self.checkpoint_of(cfg, ctx, variant, ("student",))
+        load_state_strict(parts.student, state["student"], "student score", path)
         parts.student.to(device).eval().requires_grad_(False)
-        rng = torch.Generator(device=device).manual_seed(cc.seed)
-        z, cond = self.eval_latents(cfg, cc.num_samples, rng, device)
-        t0 = time.perf_counter()
-        with tqdm(total=cc.steps, disable=not ctx.progress, desc=f"{self.name} correct", dynamic_ncols=True) as bar:
-            res = mcmc_correct(generator, parts.teacher, parts.student, z, cond, cc, rng, on_chunk=bar.update)
-        seconds = round(time.perf_counter() - t0, 3)
-        cond_cpu = None if cond is None else cond.cpu()
-        scores = {k: self.score(cfg, ctx, res[k].cpu(), cond_cpu, rng) for k in ("before", "after", "generator_at_z_K")}
-        labels = self.eval_labels(cfg, cc.num_samples)
-        self.grid(out_dir / "before.png", res["before"].cpu(), labels, cfg)
-        self.grid(out_dir / "after.png", res["after"].cpu(), labels, cfg)
-        out = {"bench": self.name, "variant": variant, "steps": cc.steps, "sigma": cc.sigma,
-               "gamma_eps": cc.gamma_eps, "gamma_z": cc.gamma_z, "num_samples": cc.num_samples, "seconds": seconds,
-               **scores, "fid_before": scores["before"]["fid"], "fid_after": scores["after"]["fid"],
-               "helped": bool(scores["after"]["fid"] < scores["before"]["fid"]),
-               "z_moved_rms": float((res["z_K"] - z).pow(2).mean().sqrt()),
-               "image_moved_rms": float((res["after"] - res["before"]).pow(2).mean().sqrt())}
-        write_json(out_dir / "metrics.json", out)
+        with stage_outputs(ctx.run_dir(self.name, variant) / "correct", "correct", self.run_hash(cfg)) as out:
+            rng = torch.Generator(device=device).manual_seed(cc.seed)
+            z, cond = self.eval_latents(cfg, cc.num_samples, rng, device)
+            t0 = time.perf_counter()
+            with tqdm(total=cc.steps, disable=not ctx.progress, desc=f"{self.name} correct", dynamic_ncols=True) as bar:
+                res = mcmc_correct(generator, parts.teacher, parts.student, z, cond, cc, rng, on_chunk=bar.update)
+            seconds = round(time.perf_counter() - t0, 3)
+            cond_cpu = None if cond is None else cond.cpu()
+            scores = {k: Scores.from_flat(self.score(cfg, ctx, res[k].cpu(), cond_cpu, rng))
+                      for k in ("before", "after", "generator_at_z_K")}
+            labels = self.eval_labels(cfg, cc.num_samples)
+            self.grid(out.path("before.png"), res["before"].cpu(), labels, cfg)
+            self.grid(out.path("after.png"), res["after"].cpu(), labels, cfg)
+            rec = CorrectionMetrics(bench=self.name, variant=variant, steps=cc.steps, sigma=cc.sigma,
+                                    gamma_eps=cc.gamma_eps, gamma_z=cc.gamma_z, num_samples=cc.num_samples,
+                                    seconds=seconds, provenance=provenance(self.run_hash(cfg)), **scores,
+                                    z_moved_rms=float((res["z_K"] - z).pow(2).mean().sqrt()),
+                                    image_moved_rms=float((res["after"] - res["before"]).pow(2).mean().sqrt()))
+            self.write_record(out.path("metrics.json"), rec)
         log.info("%s %s correction (%d steps, sigma %.3g): FID %.3f -> %.3f", self.name, variant, cc.steps,
-                 cc.sigma, out["fid_before"], out["fid_after"])
-        return out
+                 cc.sigma, rec.before.get("fid"), rec.after.get("fid"))
+        return rec
 
     def save_teacher(self, ctx: RunContext, run, iterations: int, meta: dict) -> dict:
         """Write a trained teacher (:class:`mct.training.edm_teacher.TeacherRun`) -> teacher/{checkpoint.pt,
@@ -169,39 +173,27 @@ class ImageBenchmark(Benchmark):
             raise MCTError(f"{path} does not exist: run `{command}` first")
         return path
 
-    def summarize(self, section: dict, ctx: RunContext) -> list[dict]:
-        """summary.csv (base), and summary.json: each claim of the benchmark with the numbers that decide it."""
-        rows = super().summarize(section, ctx)
-        by = {r["variant"]: r for r in rows}
-        tpath = self.teacher_dir(ctx) / "metrics.json"
-        teacher = read_json(tpath) if tpath.exists() else {}
-        write_json(ctx.bench_dir(self.name) / "summary.json", {
-            "bench": self.name, "variants": list(by), "claims": self.claims(by, teacher),
-            "teacher_fid_by_nfe": teacher.get("fid_by_nfe"), "real_floor_fid": (teacher.get("real_floor") or {}).get("fid")})
-        return rows
-
-    @staticmethod
-    def claims(by: dict, teacher: dict) -> list[dict]:
+    def claims(self, section: dict, ctx: RunContext, recs: list) -> list:
         """The paper's claims on this benchmark, each decided by one number per side (lower FID is
-        better); ``rel_gap`` = (other - mct) / other, to read against the seed-to-seed spread."""
+        better). Seeds and intervals for them: issue 14 (not yet)."""
+        from ..records import Claim, TeacherMetrics, read_record
+
+        by = {r.variant: r.scores for r in recs}
         mct = by.get("mct")
-        if mct is None:
+        if mct is None or mct.get("fid") is None:
             return []
-
-        def claim(text: str, other_name: str, other: float, mine: float, lower_wins: bool = True) -> dict:
-            return {"claim": text, "mct": mine, other_name: other,
-                    "rel_gap": round((other - mine) / other, 4) if other else None,
-                    "holds": bool(mine < other if lower_wins else mine > other)}
-
         out = []
-        if teacher.get("rows"):
-            top = max(teacher["rows"], key=lambda r: r["nfe"])
-            out.append(claim(f"one-step mct FID <= teacher FID at {top['nfe']} NFE", "teacher", top["fid"],
-                             mct["fid"]) | {"holds": bool(mct["fid"] <= top["fid"])})
+        tpath = self.teacher_dir(ctx) / "metrics.json"
+        if tpath.exists():
+            top = max(read_record(tpath, TeacherMetrics).rows, key=lambda r: r.nfe)
+            out.append(Claim(f"one-step mct FID <= teacher FID at {top.nfe} NFE", bool(mct.get("fid") <= top.scores.get("fid")),
+                             {"mct": mct.get("fid"), "teacher": top.scores.get("fid")}))
         for v in ("k1", "no-nc", "no-reparam", "random-init"):
-            if v in by:
-                out.append(claim(f"mct beats {v} on FID", v, by[v]["fid"], mct["fid"]))
-        if isinstance(mct.get("mstep_grad_var_nc"), (int, float)):
-            out.append(claim("noise cancellation lowers the M-step gradient variance (same state, same chains)",
-                             "without_nc", mct["mstep_grad_var_no_nc"], mct["mstep_grad_var_nc"]))
+            if v in by and by[v].get("fid") is not None:
+                out.append(Claim(f"mct beats {v} on FID", bool(mct.get("fid") < by[v].get("fid")),
+                                 {"mct": mct.get("fid"), v: by[v].get("fid")}))
+        if mct.get("mstep_grad_var_nc") is not None:
+            out.append(Claim("noise cancellation lowers the M-step gradient variance (same state, same chains)",
+                             bool(mct.get("mstep_grad_var_nc") < mct.get("mstep_grad_var_no_nc")),
+                             {"with_nc": mct.get("mstep_grad_var_nc"), "without_nc": mct.get("mstep_grad_var_no_nc")}))
         return out

@@ -15,7 +15,8 @@ from ..diffusion.edm import SigmaDist
 from ..distill.em import EMConfig
 from ..distill.trainer import TrainConfig
 from ..errors import ConfigError
-from ..io import write_bytes, write_json
+from ..config import config_hash, to_dict
+from ..io import write_bytes
 from ..metrics.toy import toy_metrics
 from ..nets.mlp import MLPGenerator, mlp_denoiser
 from ..teachers.gmm import ring_gmm
@@ -160,16 +161,22 @@ class Toy2D(Benchmark):
         reference = teacher.sample(images.shape[0], generator=rng)
         return toy_metrics(images, teacher, reference, cfg.eval.covered_fraction)
 
-    def save_samples(self, cfg: Toy2DConfig, ctx: RunContext, run_dir, images, cond, title: str) -> None:
+    def save_samples(self, cfg: Toy2DConfig, ctx: RunContext, out, images, cond, title: str) -> None:
+        """runs/<v>/{samples.npz (key x: the first 5,000 samples), samples.png}; <bench>/teacher.json (the
+        exact mixture, a :class:`mct.records.MixtureTeacher`, the same for every variant)."""
         import io as _io
+
+        from ..records import MixtureTeacher, provenance, write_record
 
         teacher = self.teacher(cfg)
         buf = _io.BytesIO()
         np.savez_compressed(buf, x=images[:5000].numpy().astype(np.float32))
-        write_bytes(run_dir / "samples.npz", buf.getvalue())
-        write_json(ctx.bench_dir(self.name) / "teacher.json", {
-            "means": teacher.means.tolist(), "stds": teacher.stds.tolist(), "weights": teacher.weights.tolist()})
-        self._scatter(run_dir / "samples.png", images[:5000], teacher, title)
+        write_bytes(out.path("samples.npz"), buf.getvalue())
+        write_record(ctx.bench_dir(self.name) / "teacher.json", MixtureTeacher(
+            bench=self.name, means=teacher.means.tolist(), stds=teacher.stds.tolist(),
+            weights=teacher.weights.tolist(), provenance=provenance(config_hash(to_dict(cfg.teacher)))))
+        self._scatter(out.path("samples.png"), images[:5000], teacher, title)
+
     @staticmethod
     def _scatter(path, x, teacher, title):
         import io as _io

@@ -32,7 +32,9 @@ METRICS: dict[str, tuple[str, str]] = {
     "clip_score_sem": ("standard error of clip_score", ""),
     "clip_n": ("number of (image, caption) pairs scored", ""),
     "clip_score_real": ("clip_score of real held-out images with their captions", "higher"),
+    "clip_score_real_fraction": ("clip_score_real as a fraction (mean cosine)", "higher"),
     "clip_score_mismatched": ("clip_score of real images with wrong captions", "lower"),
+    "num_heldout": ("held-out images scored", ""),
     "zero_shot_accuracy": ("CLIP zero-shot class accuracy on held-out images", "higher"),
     # 2-D mixture (mct.metrics.toy)
     "mode_mass_tv": ("total variation between per-mode mass and the true weights", "lower"),
@@ -50,6 +52,7 @@ METRICS: dict[str, tuple[str, str]] = {
     "mstep_grad_noise_to_signal_nc": ("variance / squared mean, with noise cancellation", "lower"),
     "mstep_grad_noise_to_signal_no_nc": ("variance / squared mean, without noise cancellation", "lower"),
     "mstep_grad_batches": ("batches the gradient variance was estimated from", ""),
+    "mstep_grad_seconds": ("seconds the gradient-variance diagnostic took", ""),
     # auxiliary networks (features / clip stages)
     "heldout_accuracy": ("classifier accuracy on the held-out split", "higher"),
     "train_accuracy": ("classifier accuracy on the training split", "higher"),
@@ -75,5 +78,6 @@ SETTINGS: dict[str, str] = {
     "guidance": "classifier-free guidance weight of the teacher",
     "guidance_scale": "classifier-free guidance scale of the teacher",
     "seed": "training seed",
+    "z_step": "schedule of the z chain's step: 'constant' or 'sigma2' (gamma_z sigma^2 / (sigma^2 + ref^2))",
     "precision": "numeric precision of the networks",
 }
