@@ -246,13 +246,9 @@ class Benchmark:
         metrics = self.score(cfg, ctx, x, cond, rng)
         metrics.update(self.extra_metrics(cfg, ctx, variant))
         self.save_samples(cfg, ctx, run_dir, x, cond, f"{self.name} {variant}")
-        metrics.update({
-            "bench": self.name, "variant": variant, "nfe": 1, **self.settings(cfg),
-            "iterations": int(state["iteration"]), "train_seconds": round(float(state.get("seconds", 0.0)), 3),
-            "num_samples": n, "sample_seconds": round(sample_seconds, 3),
-            "samples_per_second": round(n / max(sample_seconds, 1e-9), 1), "seed": cfg.train.seed,
-            "run_hash": self.run_hash(cfg),
-        })
+        metrics.update({**self.run_fields(cfg, variant, state), "num_samples": n,
+                        "sample_seconds": round(sample_seconds, 3),
+                        "samples_per_second": round(n / max(sample_seconds, 1e-9), 1)})
         curve = [{"iteration": r["iteration"], "fid": r["fid"]} for r in state.get("eval_log") or [] if "fid" in r]
         if curve:
             metrics["fid_curve"] = curve
@@ -260,6 +256,13 @@ class Benchmark:
         log.info("%s %s: %s", self.name, variant, ", ".join(
             f"{k} {metrics[k]:.4g}" for k in self.summary_metrics[:4] if isinstance(metrics.get(k), (int, float))))
         return metrics
+
+    def run_fields(self, cfg, variant: str, state: dict) -> dict:
+        """What a variant's metrics.json says about the run besides its scores (one step: nfe 1);
+        ``state``: the checkpoint. ``run_hash`` ties the file to the config that trained the weights."""
+        return {"bench": self.name, "variant": variant, "nfe": 1, **self.settings(cfg),
+                "iterations": int(state["iteration"]), "train_seconds": round(float(state.get("seconds", 0.0)), 3),
+                "seed": cfg.train.seed, "run_hash": self.run_hash(cfg)}
 
     def write_metrics(self, path: Path, metrics: dict) -> None:
         from ..io import write_json
