@@ -15,7 +15,7 @@ import torch
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
-from mct.errors import CheckpointError, DataError  # noqa: E402
+from mct.errors import CheckpointError, DataError, MCTError  # noqa: E402
 from mct.teachers.base import GuidedDenoiser, scaled_linear_alphas_cumprod  # noqa: E402
 from mct.teachers.sd import (FixedSigmaGenerator, SDUNetDenoiser, alphas_cumprod_from_scheduler_config,  # noqa: E402
                              load_sd_teacher)
@@ -290,13 +290,14 @@ def test_tiny_sd15_mct_run(tmp_path, sd_dir):
     clip_dir = save_clip(build_clip(tiny_clip_config(16, patch_size=8, vision_layers=1, text_layers=1))[0],
                          tiny_clip_config(16, patch_size=8, vision_layers=1, text_layers=1), tmp_path / "clip")
     section = {
-        "teacher": {"model": str(sd_dir), "local_files_only": True, "guidance_scale": 2.0},
-        "generator": {"sigma_g": 2.5},
-        "prompts": {"train": str(prompts), "eval": str(coco), "seed": 0},
+        "teacher": {"model": str(sd_dir), "local_files_only": True, "guidance": 2.0},
+        "sigma_g": 2.5,
+        "prompts": {"train": str(prompts), "seed": 0},
         "em": {"num_steps": 2, "gamma_eps": 0.1, "gamma_z": 0.05},
         "train": {"iterations": 3, "batch_size": 2, "lr_g": 1e-3, "lr_s": 1e-3, "score_updates": 1,
                   "checkpoint_every": 2, "log_every": 1, "sigma": {"lo": 0.05, "hi": 10.0}},
-        "eval": {"num_samples": 5, "batch_size": 2, "ref_dir": str(ref), "fid_size": 32,
+        "eval": {"prompts": str(coco), "prompt_seed": 0,
+                 "num_samples": 5, "batch_size": 2, "ref_dir": str(ref), "fid_size": 32,
                  "feature_extractor": _register_tiny_fid_extractor(), "ref_cache_name": None,
                  "clip_model": f"local-dir:{clip_dir}", "clip_pretrained": None, "teacher_nfe": 3,
                  "teacher_num_samples": 2, "grid": 4},
@@ -323,13 +324,26 @@ def test_tiny_sd15_mct_run(tmp_path, sd_dir):
     assert m["nfe"] == 1 and m["num_samples"] == 5 and math.isfinite(m["fid"])
     assert -100 <= m["clip_score"] <= 100 and m["clip_score"] == pytest.approx(100 * m["clip_score_fraction"])
     assert (run / "metrics.json").exists() and (run / "samples.png").exists()
+    assert (m["K"], m["guidance"], m["sigma_g"], m["init"], m["iterations"]) == (1, 2.0, 2.5, "teacher", 3)
+    assert m["run_hash"] == bench.run_hash(bench.parse(section, "k1"))
+    # evaluation settings and gradient checkpointing leave the weights alone: same run hash
+    rescored = {**section, "gradient_checkpointing": True, "eval": {**section["eval"], "grid": 2, "prompt_seed": 1}}
+    assert bench.run_hash(bench.parse(rescored, "k1")) == m["run_hash"]
+    # a checkpoint trained under another config is refused, metrics.json left as it was
+    other = {**section, "teacher": {**section["teacher"], "guidance": 3.0}}
+    with pytest.raises(MCTError, match=r"trained under another config .*mct distill --bench sd15 --variant k1"):
+        bench.evaluate(other, ctx, variant="k1")
+    assert (run / "metrics.json").exists()
     tm = bench.teacher_eval(section, ctx)
-    assert tm["nfe"] == 3 and tm["num_samples"] == 2 and math.isfinite(tm["fid"])
-    with pytest.raises(Exception, match="metrics.json is missing"):
+    [row] = tm["rows"]
+    assert (row["nfe"], row["nfe_measured"], row["num_samples"]) == (3, 3, 2) and math.isfinite(row["fid"])
+    assert tm["guidance"] == 2.0 and (ctx.bench_dir("sd15") / "teacher" / "samples.png").exists()
+    with pytest.raises(MCTError, match="metrics.json is missing"):
         bench.summarize(section, ctx)  # variant mct was not run
     section_one = {**section, "variants": {"k1": {"em": {"num_steps": 1, "gamma_z": 0.0}}}}
-    rows = bench.summarize(section_one, ctx)
-    assert [r["variant"] for r in rows] == ["teacher", "k1"]
+    [r] = bench.summarize(section_one, ctx)
+    assert (r["variant"], r["K"], r["guidance"]) == ("k1", 1, 2.0)
+    assert (r["fid"], r["clip_score"]) == (m["fid"], m["clip_score"])
     bad = {**section, "prompts": {**section["prompts"], "train": str(tmp_path / "missing.txt")}}
     with pytest.raises(DataError, match="does not exist"):
         bench.distill(bad, ctx, variant="mct")

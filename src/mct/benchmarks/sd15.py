@@ -1,20 +1,20 @@
-"""sd15: text-to-image distillation of Stable Diffusion v1.5 (paper scale, GPU).
+"""sd15: text-to-image distillation of Stable Diffusion v1.5 (paper scale, GPU; docs/benchmarks.md#sd15).
 
-Teacher: SD v1.5 through diffusers, wrapped to the EDM convention in latent space
-with classifier-free guidance (:mod:`mct.teachers.sd`). Generator and student score
-are copies of the teacher U-Net; g(z, c) = D_theta(sigma_g z, sigma_g, c).
-Evaluation (DMD/DMD2 protocol): 30,000 COCO-2014 val captions drawn with a fixed
-seed, FID-30k against COCO val2014 images clean-resized to 256 (torch-fidelity,
-Inception-v3), CLIP score with open_clip ViT-g-14 (laion2b_s12b_b42k).
+Teacher: SD v1.5 through diffusers, wrapped to the EDM convention in latent space with
+classifier-free guidance (:mod:`mct.teachers.sd`). Generator and student score are copies of the
+teacher U-Net; g(z, c) = D_theta(sigma_g z, sigma_g, c). Distillation, the checkpoint's config check
+and the summary are base's stages; this module gives the hooks. Evaluation (DMD/DMD2 protocol)
+streams, because 30,000 decoded 512 px images do not fit in memory: per batch of captions it
+encodes, samples latents, decodes with the VAE, and keeps only the CLIP cosines (open_clip
+ViT-g-14) and 256 px copies for FID-30k against COCO val2014 (torch-fidelity).
 
-Outputs under ``results/sd15/``: ``teacher/`` (the fetched diffusers files and
-``checkpoint.pt``, a manifest naming the source the other stages load),
-``teacher/{metrics.json, samples.png}``, ``runs/<variant>/{checkpoint.pt,
-train_log.csv, metrics.json, samples.png}``, ``summary.csv``. Every knob is in config/sd15.yaml,
-marked paper or ours."""
+Outputs under ``results/sd15/``: ``teacher/`` (the fetched diffusers files; ``checkpoint.pt``, a
+manifest naming the source; ``metrics.json``, ``samples.png``), ``runs/<variant>/{checkpoint.pt,
+train_log.csv, metrics.json, samples.png}``, ``summary.csv``. Every knob is in config/sd15.yaml."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -23,92 +23,72 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from ..config import to_dict
-from ..diffusion.edm import SigmaDist, karras_sigmas
-from ..diffusion.samplers import SAMPLERS, CountingDenoiser
+from ..diffusion.edm import SigmaDist
+from ..diffusion.samplers import SAMPLERS
 from ..distill.em import EMConfig
-from ..distill.trainer import TrainConfig, distill, load_checkpoint, load_state_strict
+from ..distill.init import INITS, PRECISIONS
+from ..distill.trainer import TrainConfig
 from ..errors import ConfigError, MCTError
-from ..io import ensure_writable_dir, read_json, save_image_grid, write_csv, write_json
-from .base import Benchmark, RunContext
+from ..io import save_image_grid
+from .base import Benchmark, Parts, RunContext
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SD_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 MANIFEST_FORMAT = "mct-sd-teacher-v1"
-AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+TEACHER_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}  # weights of the frozen parts
+
+
+def _one_of(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(map(str, allowed))}, got {value!r}")
 
 
 @dataclass(frozen=True)
 class SDTeacherConfig:
-    """Where the teacher comes from and how it is run.
-
-    model: a hub id or a local diffusers directory. When it is a hub id and
-    ``results/sd15/teacher/model_index.json`` exists (``mct teacher fetch``), that copy is used.
-    revision: the pinned hub commit. local_files_only: never touch the network.
-    variant: weight file variant ('fp16' or null). dtype: dtype of the frozen teacher,
-    text encoder and VAE (float32, float16, bfloat16). guidance_scale: CFG scale w of the
-    teacher score (1 = no guidance). quantize_timesteps: nearest integer timestep instead of
-    the interpolated one. sha256: {relative path: digest} checked after fetching."""
+    """model: a hub id or a local diffusers directory (a hub id uses ``results/sd15/teacher/`` once
+    ``mct teacher fetch`` filled it). revision: the pinned hub commit. local_files_only: never touch
+    the network. variant: weight file variant ('fp16' or null). precision: dtype of the frozen
+    U-Net, text encoder and VAE (fp32, fp16, bf16). guidance: CFG scale w of the teacher score
+    (1 = no guidance). quantize_timesteps: nearest integer timestep instead of the interpolated one.
+    sha256: {relative path: digest} checked after fetching."""
 
     model: str = DEFAULT_SD_REPO
     revision: Optional[str] = None
     local_files_only: bool = False
     variant: Optional[str] = None
     cache_dir: Optional[str] = None
-    dtype: str = "float32"
-    guidance_scale: float = 3.0
+    precision: str = "fp32"
+    guidance: float = 3.0
     quantize_timesteps: bool = False
     sha256: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
-        from ..teachers.sd import DTYPES
-
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if self.guidance_scale < 0:
-            raise ConfigError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
-
-
-@dataclass(frozen=True)
-class SDGeneratorConfig:
-    """sigma_g: the fixed level of g(z, c) = D_theta(sigma_g z, sigma_g, c). init: 'teacher'
-    (copies of the teacher U-Net) or 'random' (the ablation). gradient_checkpointing: trade
-    compute for memory in the generator and student U-Nets. precision: their arithmetic on
-    CUDA (fp32, or bf16/fp16 autocast with float32 weights)."""
-
-    sigma_g: float = 2.5
-    init: str = "teacher"
-    gradient_checkpointing: bool = False
-    precision: str = "fp32"
-
-    def __post_init__(self):
-        if not self.sigma_g > 0:
-            raise ConfigError(f"sigma_g must be > 0, got {self.sigma_g}")
-        if self.init not in ("teacher", "random"):
-            raise ConfigError(f"init must be 'teacher' or 'random', got {self.init!r}")
-        if self.precision not in AUTOCAST:
-            raise ConfigError(f"precision must be one of {', '.join(AUTOCAST)}, got {self.precision!r}")
+        _one_of("precision", self.precision, TEACHER_DTYPES)
+        if self.guidance < 0:
+            raise ConfigError(f"guidance must be >= 0, got {self.guidance}")
 
 
 @dataclass(frozen=True)
 class SDPromptConfig:
-    """train: prompt file the generator is distilled on (one caption per line or COCO captions JSON);
-    num_train: how many of them (null: all). eval: prompt file of the evaluation; seed: of the draw."""
+    """The distillation prompts: ``train`` (one caption per line, or COCO captions JSON), ``num_train``
+    of them (null: all) drawn with ``seed``."""
 
     train: str = "data/coco2014/annotations/captions_train2014.json"
     num_train: Optional[int] = None
-    eval: str = "data/coco2014/annotations/captions_val2014.json"
     seed: int = 0
 
 
 @dataclass(frozen=True)
 class SDEvalConfig:
-    """num_samples: prompts (and images) scored (FID-30k: 30000). ref_dir: reference images
-    (COCO val2014), centre-cropped and clean-resized to fid_size. feature_extractor: torch-fidelity
-    extractor (null: Inception-v3). clip_model / clip_pretrained: open_clip model for the CLIP score
-    (``local-dir:PATH`` for a saved one). teacher_nfe / teacher_sampler: the teacher's own samples."""
+    """num_samples: captions (and images) scored (FID-30k: 30000), drawn from ``prompts`` with
+    ``prompt_seed``; the latents from ``seed``. ref_dir: reference images (COCO val2014), centre-cropped
+    and clean-resized to fid_size. feature_extractor: torch-fidelity extractor (null: Inception-v3).
+    clip_model / clip_pretrained: open_clip model of the CLIP score (``local-dir:PATH`` for a saved
+    one). teacher_nfe / teacher_sampler / teacher_num_samples: the teacher's own samples."""
 
+    prompts: str = "data/coco2014/annotations/captions_val2014.json"
+    prompt_seed: int = 0
     num_samples: int = 30000
     batch_size: int = 16
     seed: int = 1234
@@ -133,8 +113,7 @@ class SDEvalConfig:
         for name in ("num_samples", "batch_size", "fid_size", "clip_batch_size", "teacher_nfe"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.teacher_sampler not in SAMPLERS:
-            raise ConfigError(f"teacher_sampler must be one of {', '.join(SAMPLERS)}, got {self.teacher_sampler!r}")
+        _one_of("teacher_sampler", self.teacher_sampler, SAMPLERS)
         if self.teacher_sampler == "heun" and self.teacher_nfe % 2 == 0:
             raise ConfigError(f"teacher_nfe must be odd for the Heun sampler, got {self.teacher_nfe}")
 
@@ -147,137 +126,156 @@ def _sd_train_default() -> TrainConfig:
 
 @dataclass(frozen=True)
 class SD15Config:
-    """The sd15 benchmark section."""
+    """The sd15 section. sigma_g: the generator's fixed level. init: 'teacher' (copies of the teacher
+    U-Net) or 'random' (the ablation). precision: autocast of the generator and student U-Nets on
+    CUDA (fp32, bf16, fp16; float32 weights). gradient_checkpointing: trade their compute for memory."""
 
     teacher: SDTeacherConfig = field(default_factory=SDTeacherConfig)
-    generator: SDGeneratorConfig = field(default_factory=SDGeneratorConfig)
     prompts: SDPromptConfig = field(default_factory=SDPromptConfig)
+    sigma_g: float = 2.5
+    init: str = "teacher"
+    precision: str = "fp32"
+    gradient_checkpointing: bool = False
     em: EMConfig = field(default_factory=lambda: EMConfig(num_steps=8, gamma_eps=0.1, gamma_z=0.05))
     train: TrainConfig = field(default_factory=_sd_train_default)
     eval: SDEvalConfig = field(default_factory=SDEvalConfig)
     variants: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.sigma_g > 0:
+            raise ConfigError(f"sigma_g must be > 0, got {self.sigma_g}")
+        _one_of("init", self.init, INITS)
+        _one_of("precision", self.precision, PRECISIONS)
+
+
+@functools.lru_cache(maxsize=1)  # distill and evaluate ask for it in several hooks
+def _load_teacher(source: str, **kw):
+    from ..teachers.sd import load_sd_teacher
+
+    log.info("loading Stable Diffusion from %s", source)
+    return load_sd_teacher(source, **kw)
+
+
+@functools.lru_cache(maxsize=1)
+def _load_prompts(path: str, n: Optional[int], seed: int) -> list[str]:
+    from ..data.prompts import load_prompts
+
+    return load_prompts(path, n, seed)
 
 
 class SD15(Benchmark):
     name = "sd15"
     config_cls = SD15Config
     stages = ("teacher_fetch", "teacher_eval", "distill", "evaluate", "summarize")
+    untrained_keys = Benchmark.untrained_keys + ("gradient_checkpointing",)
+    summary_metrics = ("fid", "clip_score", "num_samples")
 
-    # ------------------------------------------------------------------ teacher
+    def settings(self, cfg: SD15Config) -> dict:
+        return {**super().settings(cfg), "guidance": cfg.teacher.guidance, "sigma_g": cfg.sigma_g}
+
+    # ------------------------------------------------------------------ teacher and prompts
+
     def teacher_source(self, cfg: SD15Config, ctx: RunContext) -> str:
-        """A local directory named by teacher.model, else the fetched copy under
-        results/sd15/teacher/, else the hub id itself (the diffusers cache)."""
-        model = cfg.teacher.model
-        if Path(model).expanduser().is_dir():
-            return str(Path(model).expanduser())
-        fetched = ctx.bench_dir(self.name) / "teacher"
-        if (fetched / "model_index.json").is_file():
-            return str(fetched)
-        return model
+        """A local directory named by teacher.model, else the fetched copy under results/sd15/teacher/,
+        else the hub id itself (the diffusers cache)."""
+        model, fetched = Path(cfg.teacher.model).expanduser(), ctx.bench_dir(self.name) / "teacher"
+        if model.is_dir():
+            return str(model)
+        return str(fetched) if (fetched / "model_index.json").is_file() else cfg.teacher.model
 
-    def _write_manifest(self, cfg: SD15Config, ctx: RunContext, source: str) -> Path:
-        """teacher/checkpoint.pt: what the pipeline tracks as the teacher (a manifest, not weights)."""
-        from ..io import torch_save
-
-        return torch_save(ctx.bench_dir(self.name) / "teacher" / "checkpoint.pt", {
-            "format": MANIFEST_FORMAT, "source": source, "model": cfg.teacher.model,
-            "revision": cfg.teacher.revision or "", "variant": cfg.teacher.variant or "",
-            "sha256": dict(cfg.teacher.sha256)})
-
-    def load_teacher(self, cfg: SD15Config, ctx: RunContext):
-        from ..teachers.sd import load_sd_teacher
-
+    def teacher(self, cfg: SD15Config, ctx: RunContext):
+        """The Stable Diffusion pieces (:class:`mct.teachers.sd.SDTeacher`), loaded once per process."""
         t = cfg.teacher
-        src = self.teacher_source(cfg, ctx)
-        log.info("loading Stable Diffusion from %s", src)
-        return load_sd_teacher(src, local_files_only=t.local_files_only, revision=t.revision, cache_dir=t.cache_dir,
-                               dtype=t.dtype, device=ctx.device, variant=t.variant, quantize=t.quantize_timesteps)
+        return _load_teacher(self.teacher_source(cfg, ctx), local_files_only=t.local_files_only, revision=t.revision,
+                             cache_dir=t.cache_dir, dtype=TEACHER_DTYPES[t.precision], device=str(ctx.device),
+                             variant=t.variant, quantize=t.quantize_timesteps)
+
+    def train_prompts(self, cfg: SD15Config) -> list[str]:
+        return _load_prompts(cfg.prompts.train, cfg.prompts.num_train, cfg.prompts.seed)
 
     def teacher_fetch(self, section: dict, ctx: RunContext) -> dict:
+        """The diffusers files -> teacher/, and teacher/checkpoint.pt: a manifest naming the source
+        (what the pipeline tracks as the teacher; not weights)."""
+        from ..io import torch_save
         from ..teachers.sd import fetch_sd
 
         cfg = self.parse(section)
-        if Path(cfg.teacher.model).expanduser().is_dir():
-            log.info("teacher.model is a local directory (%s); nothing to fetch", cfg.teacher.model)
-            source = str(Path(cfg.teacher.model).expanduser())
-        elif cfg.teacher.local_files_only:
+        t = cfg.teacher
+        if Path(t.model).expanduser().is_dir():
+            log.info("teacher.model is a local directory (%s); nothing to fetch", t.model)
+            source = str(Path(t.model).expanduser())
+        elif t.local_files_only:
             raise MCTError("teacher.local_files_only is set: `mct teacher fetch` would need the network; "
                            "unset it or point teacher.model at a local directory")
         else:
-            source = str(fetch_sd(cfg.teacher.model, ctx.bench_dir(self.name) / "teacher", cfg.teacher.revision,
-                                  cfg.teacher.variant, cfg.teacher.sha256))
-        self._write_manifest(cfg, ctx, source)
+            source = str(fetch_sd(t.model, ctx.bench_dir(self.name) / "teacher", t.revision, t.variant, t.sha256))
+        torch_save(ctx.bench_dir(self.name) / "teacher" / "checkpoint.pt", {
+            "format": MANIFEST_FORMAT, "source": source, "model": t.model, "revision": t.revision or "",
+            "variant": t.variant or "", "sha256": dict(t.sha256)})
         return {"source": source}
 
-    # ------------------------------------------------------------------ distillation
-    def networks(self, cfg: SD15Config, teacher):
-        seed = cfg.train.seed
-        amp = AUTOCAST[cfg.generator.precision]
-        gen = teacher.make_generator(cfg.generator.sigma_g, cfg.generator.init, seed, autocast=amp)
-        student = teacher.make_student(cfg.generator.init, seed, autocast=amp)
-        if cfg.generator.gradient_checkpointing:
-            gen.denoiser.unet.enable_gradient_checkpointing()
-            student.unet.enable_gradient_checkpointing()
-        return gen, student
+    # ------------------------------------------------------------------ distillation hooks
 
     def distill(self, section: dict, ctx: RunContext, variant: str, resume: str = "auto", stop_after=None) -> dict:
-        from ..data.prompts import load_prompts
+        self.train_prompts(self.parse(section, variant))  # a bad prompt file fails before any folder exists
+        return super().distill(section, ctx, variant, resume, stop_after)
 
-        cfg = self.parse(section, variant)
-        prompts = load_prompts(cfg.prompts.train, cfg.prompts.num_train, cfg.prompts.seed)
-        run_dir = ensure_writable_dir(ctx.run_dir(self.name, variant))
-        teacher = self.load_teacher(cfg, ctx)
-        if cfg.generator.sigma_g > teacher.sigma_max * 1.001:
+    def build(self, cfg: SD15Config, ctx: RunContext) -> Parts:
+        teacher = self.teacher(cfg, ctx)
+        if cfg.sigma_g > teacher.sigma_max * 1.001:
             log.warning("sigma_g = %g is above the schedule's sigma_max = %.3g; the timestep is clamped",
-                        cfg.generator.sigma_g, teacher.sigma_max)
-        torch.manual_seed(cfg.train.seed)
-        gen, student = self.networks(cfg, teacher)
-        guided = teacher.guided(cfg.teacher.guidance_scale)
-        device = torch.device(ctx.device)
-        shape = teacher.latent_shape
+                        cfg.sigma_g, teacher.sigma_max)
+        amp = PRECISIONS[cfg.precision]
+        gen = teacher.make_generator(cfg.sigma_g, cfg.init, cfg.train.seed, autocast=amp)
+        student = teacher.make_student(cfg.init, cfg.train.seed, autocast=amp)
+        if cfg.gradient_checkpointing:
+            gen.denoiser.unet.enable_gradient_checkpointing()
+            student.unet.enable_gradient_checkpointing()
+        record = {"kind": "sd-unet", "sigma_g": cfg.sigma_g, "precision": cfg.precision}
+        return Parts(teacher.guided(cfg.teacher.guidance), gen, student, record)
 
-        def sample_latents(n, rng):
+    def generator_from_record(self, cfg: SD15Config, ctx: RunContext, record: dict):
+        """A copy of the teacher U-Net as generator (the checkpoint's weights replace it)."""
+        if record.get("kind") != "sd-unet":
+            raise MCTError(f"this checkpoint was not written by the {self.name} benchmark (no architecture record)")
+        return self.teacher(cfg, ctx).make_generator(record["sigma_g"], autocast=PRECISIONS[record["precision"]])
+
+    def latent_sampler(self, cfg: SD15Config, ctx: RunContext):
+        prompts, teacher, device = self.train_prompts(cfg), self.teacher(cfg, ctx), torch.device(ctx.device)
+
+        def sample_latents(n: int, rng: torch.Generator):
             idx = torch.randint(0, len(prompts), (n,), generator=rng, device=rng.device).tolist()
             cond = teacher.encode([prompts[i] for i in idx]).to(device)
-            z = torch.randn((n,) + shape, generator=rng, device=device)
-            return z, cond
+            return torch.randn((n, *teacher.latent_shape), generator=rng, device=device), cond
 
-        extra = {"bench": self.name, "variant": variant, "teacher": to_dict(cfg.teacher),
-                 "generator": to_dict(cfg.generator), "prompts": to_dict(cfg.prompts)}
-        summary = distill(run_dir, teacher=guided, generator=gen, student=student, sample_latents=sample_latents,
-                          em=cfg.em, train=cfg.train, resume=resume, device=device, progress=ctx.progress,
-                          extra_config=extra, stop_after=stop_after)
-        log.info("sd15 %s: %d iterations in %.1f s", variant, summary["iterations"], summary["train_seconds"])
-        return summary
+        return sample_latents
 
-    # ------------------------------------------------------------------ evaluation
-    def _score(self, cfg: SD15Config, ctx: RunContext, teacher, sample_fn: Callable, num: int, out_dir: Path,
-               desc: str) -> dict:
-        """Generate one image per evaluation prompt with ``sample_fn(z, cond) -> latents``, decode,
-        and compute the CLIP score and FID-30k."""
+    # ------------------------------------------------------------------ evaluation (streamed)
+
+    def _score(self, cfg: SD15Config, ctx: RunContext, sample: Callable, num: int, grid_path: Path, desc: str) -> dict:
+        """One image per evaluation caption: ``sample(z, cond) -> latents`` per batch, VAE decode, then
+        the CLIP score and FID against ``eval.ref_dir``; a sample grid at ``grid_path``."""
         from tqdm.auto import tqdm
 
         from ..data.prompts import load_prompts
         from ..metrics.clip import clean_resize, fid_against_directory, load_clip_scorer
 
-        ev = cfg.eval
-        prompts = load_prompts(cfg.prompts.eval, num, cfg.prompts.seed)
-        scorer = None
-        if ev.clip:
-            scorer = load_clip_scorer(ev.clip_model, ev.clip_pretrained, device=ctx.device,
-                                      batch_size=ev.clip_batch_size)
+        ev, teacher = cfg.eval, self.teacher(cfg, ctx)
+        prompts = load_prompts(ev.prompts, num, ev.prompt_seed)
+        scorer = load_clip_scorer(ev.clip_model, ev.clip_pretrained, device=ctx.device,
+                                  batch_size=ev.clip_batch_size) if ev.clip else None
         g = torch.Generator().manual_seed(ev.seed)
-        cos, fid_imgs, grid = [], [], []
-        t0 = time.perf_counter()
-        sample_seconds = 0.0
+        cos, fid_imgs, grid, sample_seconds, t0 = [], [], [], 0.0, time.perf_counter()
         for i in tqdm(range(0, len(prompts), ev.batch_size), desc=desc, disable=not ctx.progress,
                       dynamic_ncols=True, mininterval=1.0):
             batch = prompts[i:i + ev.batch_size]
-            z = torch.randn((len(batch),) + teacher.latent_shape, generator=g).to(ctx.device)
+            z = torch.randn((len(batch), *teacher.latent_shape), generator=g).to(ctx.device)
             with torch.no_grad():
                 cond = teacher.encode(batch)
                 ts = time.perf_counter()
-                latents = sample_fn(z, cond)
+                latents = sample(z, cond)
+                if latents.is_cuda:
+                    torch.cuda.synchronize(latents.device)
                 sample_seconds += time.perf_counter() - ts
                 images = teacher.decode(latents)
             if scorer is not None:
@@ -286,87 +284,71 @@ class SD15(Benchmark):
                 fid_imgs.append(clean_resize(images.cpu(), ev.fid_size))
             if sum(x.shape[0] for x in grid) < ev.grid:
                 grid.append(images.cpu())
-        metrics: dict[str, Any] = {"num_samples": len(prompts), "sample_seconds": round(sample_seconds, 3),
-                                   "eval_seconds": None}
+        n = len(prompts)
+        metrics: dict[str, Any] = {"num_samples": n, "sample_seconds": round(sample_seconds, 3),
+                                   "samples_per_second": round(n / max(sample_seconds, 1e-9), 2)}
         if cos:
-            c = torch.cat(cos).double()
-            metrics.update(clip_score=100 * float(c.mean()), clip_score_fraction=float(c.mean()),
+            c = torch.cat(cos).double().mean()
+            metrics.update(clip_score=100 * float(c), clip_score_fraction=float(c),
                            clip_model=f"{ev.clip_model}/{ev.clip_pretrained}")
         if ev.fid:
             cache_root = str(ctx.bench_dir(self.name) / "fid_cache") if ev.ref_cache_name else None
             metrics.update(fid_against_directory(
-                torch.cat(fid_imgs), ev.ref_dir, size=ev.fid_size, center_crop=ev.center_crop,
+                torch.cat(fid_imgs), ev.ref_dir, size=ev.fid_size, center_crop=ev.center_crop, device=ctx.device,
                 feature_extractor=ev.feature_extractor,
                 feature_extractor_weights_path=ev.feature_extractor_weights_path,
-                device=ctx.device, cache_root=cache_root, ref_cache_name=ev.ref_cache_name, ref_limit=ev.ref_limit))
+                cache_root=cache_root, ref_cache_name=ev.ref_cache_name, ref_limit=ev.ref_limit))
         metrics["eval_seconds"] = round(time.perf_counter() - t0, 3)
-        if grid:
-            imgs = torch.cat(grid)[:ev.grid]
-            save_image_grid(out_dir / "samples.png", imgs, nrow=max(1, int(len(imgs) ** 0.5)))
+        imgs = torch.cat(grid)[:ev.grid]
+        save_image_grid(grid_path, imgs, nrow=max(1, int(len(imgs) ** 0.5)))
         return metrics
 
-    def load_generator(self, cfg: SD15Config, teacher, path):
-        state = load_checkpoint(path)
-        gen, _ = self.networks(cfg, teacher)
-        load_state_strict(gen, state["generator_ema"], "generator", path)
-        return gen.to(teacher.device).eval().requires_grad_(False), state
+    NOT_SCORES = ("num_samples", "sample_seconds", "samples_per_second", "eval_seconds", "clip_model")
 
-    def evaluate(self, section: dict, ctx: RunContext, variant: str) -> dict:
-        cfg = self.parse(section, variant)
-        run_dir = ctx.run_dir(self.name, variant)
-        ckpt = run_dir / "checkpoint.pt"
-        if not ckpt.exists():
-            raise MCTError(f"{ckpt} is missing; run `mct distill --bench sd15 --variant {variant}` first")
-        teacher = self.load_teacher(cfg, ctx)
-        gen, state = self.load_generator(cfg, teacher, ckpt)
-        metrics = self._score(cfg, ctx, teacher, lambda z, c: gen(z, c), cfg.eval.num_samples, run_dir,
-                              f"evaluate sd15 {variant}")
-        metrics.update({"variant": variant, "nfe": 1, "K": cfg.em.num_steps, "guidance_scale":
-                        cfg.teacher.guidance_scale, "sigma_g": cfg.generator.sigma_g, "init": cfg.generator.init,
-                        "iterations": int(state["iteration"]),
-                        "train_seconds": round(float(state.get("seconds", 0.0)), 3)})
-        write_json(run_dir / "metrics.json", metrics)
-        return metrics
+    def evaluate(self, section: dict, ctx: RunContext, variant: str):
+        """FID-30k and CLIP score of one-step samples -> runs/<variant>/{samples.png, metrics.json} and
+        the completion record (written last)."""
+        from ..io import stage_outputs
 
-    def teacher_eval(self, section: dict, ctx: RunContext) -> dict:
-        from ..diffusion.samplers import heun_steps_for_nfe
+        cfg = self.setup(section, variant)
+        gen, state = self.load_generator(cfg, ctx, variant)
+        with stage_outputs(ctx.run_dir(self.name, variant), "evaluate", self.run_hash(cfg)) as out:
+            m = self._score(cfg, ctx, gen, cfg.eval.num_samples, out.path("samples.png"), f"evaluate sd15 {variant}")
+            rec = self.run_record(cfg, variant, state, m, ignore=self.NOT_SCORES,
+                                  notes={"clip_model": str(m.get("clip_model", ""))}, num_samples=m["num_samples"],
+                                  sample_seconds=m["sample_seconds"], eval_seconds=m["eval_seconds"])
+            self.write_record(out.path("metrics.json"), rec)
+        log.info("sd15 %s: FID %s, CLIP score %s", variant, rec.scores.get("fid"), rec.scores.get("clip_score"))
+        return rec
 
-        cfg = self.parse(section)
-        ev = cfg.eval
-        teacher = self.load_teacher(cfg, ctx)
-        guided = teacher.guided(cfg.teacher.guidance_scale)
-        steps = heun_steps_for_nfe(ev.teacher_nfe) if ev.teacher_sampler == "heun" else ev.teacher_nfe
-        sigmas = karras_sigmas(steps, teacher.sigma_min, teacher.sigma_max, device=ctx.device)
-        sampler = SAMPLERS[ev.teacher_sampler]
-        counter = CountingDenoiser(guided)
-        calls = []
+    def teacher_eval(self, section: dict, ctx: RunContext):
+        """The guided teacher's own scores with ``eval.teacher_sampler`` at ``eval.teacher_nfe`` ->
+        teacher/{samples.png, metrics.json}; one NFE is one guided call (both CFG branches batched)."""
+        from ..config import config_hash, to_dict
+        from ..diffusion.samplers import sample_at_nfe
+        from ..io import stage_outputs
+        from ..records import Scores, TeacherMetrics, TeacherRow, provenance
 
-        def sample_fn(z, cond):
-            before = counter.nfe
-            out = sampler(counter, z * sigmas[0], sigmas, cond)
-            calls.append(counter.nfe - before)
-            return out
+        cfg = self.setup(section)
+        ev, teacher = cfg.eval, self.teacher(cfg, ctx)
+        guided, measured = teacher.guided(cfg.teacher.guidance), []
 
-        out_dir = ensure_writable_dir(ctx.bench_dir(self.name) / "teacher")
-        metrics = self._score(cfg, ctx, teacher, sample_fn, ev.teacher_num_samples or ev.num_samples, out_dir,
-                              "teacher sd15")
-        metrics.update({"nfe": calls[0] if calls else None, "sampler": ev.teacher_sampler,
-                        "guidance_scale": cfg.teacher.guidance_scale,
-                        "note": "one NFE = one guided call (the conditional and unconditional branches batched)"})
-        write_json(out_dir / "metrics.json", metrics)
-        return metrics
+        def sample(z, cond):
+            x, nfe = sample_at_nfe(guided, z, ev.teacher_nfe, cond, sampler=ev.teacher_sampler,
+                                   sigma_min=teacher.sigma_min, sigma_max=teacher.sigma_max)
+            measured.append(nfe)
+            return x
 
-    def summarize(self, section: dict, ctx: RunContext) -> list[dict]:
-        cols = ["variant", "nfe", "fid", "clip_score", "K", "guidance_scale", "sigma_g", "init", "iterations",
-                "train_seconds"]
-        rows = []
-        tpath = ctx.bench_dir(self.name) / "teacher" / "metrics.json"
-        if tpath.exists():
-            rows.append({c: read_json(tpath).get(c) for c in cols} | {"variant": "teacher"})
-        for _, m in self.variant_metrics(section, ctx):
-            rows.append({c: m.get(c) for c in cols})
-        write_csv(ctx.bench_dir(self.name) / "summary.csv", rows, fieldnames=cols)
-        return rows
+        with stage_outputs(ctx.bench_dir(self.name) / "teacher", "teacher_eval") as out:
+            m = self._score(cfg, ctx, sample, ev.teacher_num_samples or ev.num_samples, out.path("samples.png"),
+                            "teacher sd15")
+            row = TeacherRow(nfe=ev.teacher_nfe, nfe_measured=max(measured), sampler=ev.teacher_sampler,
+                             num_samples=m["num_samples"], sample_seconds=m["sample_seconds"],
+                             scores=Scores.from_flat(m, ignore=self.NOT_SCORES))
+            rec = TeacherMetrics(bench=self.name, rows=[row], provenance=provenance(config_hash(to_dict(cfg))),
+                                 sampler=ev.teacher_sampler, guidance=float(cfg.teacher.guidance))
+            self.write_record(out.path("metrics.json"), rec)
+        return rec
 
 
 BENCHMARK = SD15()
