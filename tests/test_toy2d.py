@@ -11,6 +11,7 @@ import yaml
 from mct.benchmarks.base import RunContext
 from mct.benchmarks.toy2d import BENCHMARK as TOY
 from mct.cli import main
+from mct.records import RunMetrics, read_record
 
 TINY = {
     "generator": {"hidden": 16, "layers": 2},
@@ -104,9 +105,13 @@ def test_cli_sweep_writes_metrics_and_summary(tmp_path):
         run = results / "toy2d" / "runs" / v
         for f in ("checkpoint.pt", "train_log.csv", "metrics.json", "samples.png", "samples.npz"):
             assert (run / f).exists(), f
-        m = json.loads((run / "metrics.json").read_text())
+        rec = read_record(run / "metrics.json", RunMetrics)
+        m = rec.scores.metrics
         assert 0 <= m["mode_mass_tv"] <= 1 and 0 <= m["modes_covered"] <= 8
-        assert abs(sum(m["mode_mass"]) - 1) < 1e-3
+        assert abs(sum(rec.scores.mode_mass) - 1) < 1e-3
+        # the record says which variant it scores and which weights (the run hash of its config)
+        assert rec.variant == v and rec.settings["K"] == TOY.parse(TINY, v).em.num_steps
+        assert rec.provenance.config_hash == TOY.run_hash(TOY.parse(TINY, v))
     assert main(["summarize", "--config", str(cfg), "--bench", "toy2d"]) == 0
     rows = list(csv.DictReader((results / "toy2d" / "summary.csv").open()))
     assert [r["variant"] for r in rows] == list(TINY["variants"])

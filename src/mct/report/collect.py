@@ -108,18 +108,41 @@ class _Reader:
         except ValueError:
             return str(path)
 
-    def read(self, path: Path, cls: type[R], expected: bool = False) -> Optional[R]:
+    def read(self, path: Path, cls: type[R], expected: bool = False, stage: Optional[str] = None,
+             run_hash: Optional[str] = None) -> Optional[R]:
+        """The record at ``path``, or None (noted as a problem where it matters): missing, not
+        completed by its ``stage`` (interrupted, or changed since), or made under another config."""
+        from ..io import is_complete
+
         if not path.is_file():
             if expected:
                 self.problems.append(Problem(self.rel(path), "missing"))
             return None
+        if stage is not None and not is_complete(path.parent, stage):
+            self.problems.append(Problem(self.rel(path), f"incomplete: the {stage} stage did not finish; rerun it"))
+            return None
         try:
-            return read_record(path, cls)
+            rec = read_record(path, cls)
         except MCTError as exc:
             if self.strict:
                 raise
             self.problems.append(Problem(self.rel(path), str(exc).replace(str(path) + ": ", "")))
             return None
+        if run_hash is not None and rec.provenance.config_hash != run_hash:
+            self.problems.append(Problem(self.rel(path), "made under another config than the current one; rerun "
+                                                         f"its {stage} stage"))
+            return None
+        return rec
+
+
+def _run_hash(bench: str, section: dict, variant: str) -> Optional[str]:
+    """The hash the variant's weights must have been trained under (None: not a known benchmark)."""
+    from ..benchmarks.base import REGISTRY, get_benchmark
+
+    if bench not in REGISTRY:
+        return None
+    b = get_benchmark(bench)
+    return b.run_hash(b.parse(section, variant))
 
 
 def _has_records(d: Path) -> bool:
@@ -151,19 +174,22 @@ def collect(root: str | Path, raw: dict, strict: bool = False) -> Results:
         found = sorted(p.name for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() else []
         b = BenchResults(name, name in sections, conf + [v for v in found if v not in conf], conf)
         for v in b.variants:
-            rec = reader.read(RunMetrics.path(root, bench=name, variant=v), RunMetrics, expected=v in conf)
+            run_hash = _run_hash(name, section, v) if v in conf else None
+            rec = reader.read(RunMetrics.path(root, bench=name, variant=v), RunMetrics, expected=v in conf,
+                              stage="evaluate", run_hash=run_hash)
             if rec is not None:
                 b.runs[v] = rec
-            corr = reader.read(CorrectionMetrics.path(root, bench=name, variant=v), CorrectionMetrics)
+            corr = reader.read(CorrectionMetrics.path(root, bench=name, variant=v), CorrectionMetrics,
+                               stage="correct", run_hash=run_hash)
             if corr is not None:
                 b.corrections[v] = corr
-        b.teacher = reader.read(TeacherMetrics.path(root, bench=name), TeacherMetrics)
+        b.teacher = reader.read(TeacherMetrics.path(root, bench=name), TeacherMetrics, stage="teacher_eval")
         b.mixture = reader.read(MixtureTeacher.path(root, bench=name), MixtureTeacher)
         for net in ("features", "clip"):
-            aux = reader.read(AuxMetrics.path(root, bench=name, net=net), AuxMetrics)
+            aux = reader.read(AuxMetrics.path(root, bench=name, net=net), AuxMetrics, stage=net)
             if aux is not None:
                 b.aux[net] = aux
-        b.summary = reader.read(Summary.path(root, bench=name), Summary)
+        b.summary = reader.read(Summary.path(root, bench=name), Summary, stage="summarize")
         b.speed = reader.read(BenchRecord.path(root, bench=name), BenchRecord)
         benches.append(b)
     return Results(root, benches, reader.problems)
