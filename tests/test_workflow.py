@@ -30,7 +30,7 @@ import yaml
 from mct.benchmarks.base import REGISTRY, Benchmark, get_benchmark
 from mct.cli import build_parser, main
 from mct.config import json_schema, load_yaml
-from mct.errors import ConfigError, MCTError
+from mct.errors import ConfigError
 from mct.pipeline.code_deps import code_files
 from mct.pipeline.dvc import dvc_yaml
 from mct.pipeline.jobs import Pipeline
@@ -336,6 +336,20 @@ def test_cluster_resources_by_stage_and_benchmark(fakes):
         fakes["cluster"] = bad
         with pytest.raises(ConfigError, match=match):
             Pipeline("cfg.yaml", raw=fakes, base=REPO)
+
+
+def test_multi_gpu_jobs_of_data_parallel_stages_launch_with_torchrun():
+    raw = load_yaml(REPO / "config" / "imagenet64.yaml")
+    raw["cluster"] = {"stages": {"distill": {"gpus": 4}, "evaluate": {"gpus": 2}, "teacher_eval": {"gpus": 2}}}
+    p = Pipeline("config/imagenet64.yaml", raw=raw, base=REPO)
+    job = p.job("distill", "imagenet64", "mct")
+    assert job.cmd[:5] == ("torchrun", "--standalone", "--nproc_per_node=4", "-m", "mct.cli")
+    assert job.cmd[5:7] == ("distill", "--config") and job.resources["gpu"] == 4
+    assert p.job("evaluate", "imagenet64", "mct").shell.startswith("torchrun --standalone --nproc_per_node=2 -m mct.cli evaluate")
+    assert p.job("teacher_eval", "imagenet64").cmd[0] == "mct"  # not a data-parallel stage
+    raw["cluster"] = {}
+    one = Pipeline("config/imagenet64.yaml", raw=raw, base=REPO)
+    assert one.job("distill", "imagenet64", "mct").cmd[0] == "mct"  # one GPU: no launcher
 
 
 def test_mct_config_check_validates_the_cluster_section(tmp_path, capsys):

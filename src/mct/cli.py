@@ -14,8 +14,6 @@ from . import __version__
 from .errors import MCTError
 from .root import RootConfig, load_root
 
-log = logging.getLogger("mct")
-
 DESCRIPTION = """\
 MCT: distil a diffusion teacher into a one-step generator by EM (Xie et al., 2024).
 

@@ -118,9 +118,7 @@ class Pipeline:
                            f"(the stage table has {', '.join(BENCH_STAGES)})")
         return tuple(s for s in BENCH_STAGES if s in declared)
 
-    def has(self, stage: str, bench: Optional[str] = None) -> bool:
-        if bench is None:
-            return any(j.stage == stage for j in self.jobs)
+    def has(self, stage: str, bench: str) -> bool:
         return stage in self.stages_of(bench)
 
     def variants(self, bench: str) -> list[str]:
@@ -187,7 +185,7 @@ class Pipeline:
                   plots=tuple(self._path(stage, p, bench, variant) for p in spec.plots),
                   params=params, param_keys=param_keys,
                   resources=resources, log=log_path(stage, bench, variant))
-        if (stage, bench, variant) in self._by_key or any(j.name == name for j in self.jobs):
+        if any(j.name == name for j in self.jobs):
             raise ConfigError(f"two jobs would both be named {name!r}: rename a benchmark variant")
         self.jobs.append(job)
         self._by_key[(stage, bench, variant)] = job
