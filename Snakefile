@@ -7,7 +7,7 @@
 #
 # A --configfile replaces config/default.yaml (each config file is complete); --config
 # KEY=VALUE overrides top-level keys. Every rule calls the `mct` CLI only; the jobs, their
-# inputs, outputs, params and resources come from the stage table in src/mct/workflow.py,
+# inputs, outputs, params and resources come from the stage table in src/mct/pipeline/,
 # which also generates dvc.yaml (`mct workflow dvc`).
 
 from snakemake.utils import min_version

@@ -1,4 +1,4 @@
-"""The pipeline (issue 4): the stage table in mct.workflow, the Snakemake workflow and dvc.yaml
+"""The pipeline (issue 4): the stage table in mct.pipeline, the Snakemake workflow and dvc.yaml
 built from it, and the generated files kept current.
 
 Slow tests run the real tools in a temporary copy of the repository (tracked and
@@ -27,11 +27,16 @@ import jsonschema
 import pytest
 import yaml
 
-from mct import workflow as W
 from mct.benchmarks.base import REGISTRY, Benchmark, get_benchmark
 from mct.cli import build_parser, main
 from mct.config import json_schema, load_yaml
-from mct.errors import ConfigError, MCTError
+from mct.errors import ConfigError
+from mct.pipeline.code_deps import code_files
+from mct.pipeline.dvc import dvc_yaml
+from mct.pipeline.jobs import Pipeline
+from mct.pipeline.resources import ClusterConfig
+from mct.pipeline.schema import config_schema
+from mct.pipeline.stages import BENCH_STAGES
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -43,7 +48,7 @@ QUICK = REPO / "config" / "quick.yaml"
 
 def test_committed_dvc_yaml_is_generated_from_the_stage_table():
     committed = (REPO / "dvc.yaml").read_text(encoding="utf-8")
-    generated = W.Pipeline("config/default.yaml", raw=load_yaml(REPO / "config/default.yaml"), base=REPO).dvc_yaml()
+    generated = dvc_yaml(Pipeline("config/default.yaml", raw=load_yaml(REPO / "config/default.yaml"), base=REPO))
     assert committed == generated, "dvc.yaml is stale: run `mct workflow dvc` at the repository root"
 
 
@@ -56,15 +61,13 @@ def test_committed_schema_is_mct_config_schema(capsys):
 
 
 def test_schema_embeds_every_registered_benchmark():
-    schema = W.config_schema()
+    schema = config_schema()
     assert schema["$schema"].endswith("2020-12/schema")
     benches = schema["properties"]["benchmarks"]["properties"]
-    present = [n for n in REGISTRY if W._load_benchmark(n) is not None]
-    assert "toy2d" in present
-    assert sorted(benches) == sorted(present)
-    for name in present:
+    assert sorted(benches) == sorted(REGISTRY)
+    for name in REGISTRY:
         assert benches[name] == json_schema(get_benchmark(name).config_cls)
-    assert schema["properties"]["cluster"] == json_schema(W.ClusterConfig)
+    assert schema["properties"]["cluster"] == json_schema(ClusterConfig)
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "config").glob("*.yaml")), ids=lambda p: p.name)
@@ -76,7 +79,7 @@ def test_every_config_file_validates_against_the_schema(path):
 
 
 def test_schema_rejects_an_unknown_key():
-    schema = W.config_schema()
+    schema = config_schema()
     bad = copy.deepcopy(load_yaml(QUICK))
     bad["benchmarks"]["toy2d"]["trian"] = {}
     with pytest.raises(jsonschema.ValidationError, match="trian"):
@@ -88,11 +91,9 @@ def test_schema_rejects_an_unknown_key():
 
 def test_benchmarks_declare_only_stages_the_table_and_cli_know():
     for name in REGISTRY:
-        bench = W._load_benchmark(name)
-        if bench is None:
-            continue
+        bench = get_benchmark(name)
         for stage in bench.stages:
-            assert stage in W.BENCH_STAGES, f"{name} declares {stage}, which the stage table lacks"
+            assert stage in BENCH_STAGES, f"{name} declares {stage}, which the stage table lacks"
             assert callable(getattr(bench, stage, None)), f"{name} declares {stage} but has no such method"
 
 
@@ -100,7 +101,7 @@ def test_benchmarks_declare_only_stages_the_table_and_cli_know():
 
 
 def quick_pipeline(raw=None):
-    return W.Pipeline("config/quick.yaml", raw=load_yaml(QUICK) if raw is None else raw, base=REPO)
+    return Pipeline("config/quick.yaml", raw=load_yaml(QUICK) if raw is None else raw, base=REPO)
 
 
 def test_toy2d_jobs_follow_the_results_layout():
@@ -123,12 +124,11 @@ def test_toy2d_jobs_follow_the_results_layout():
     s = toy["summarize_toy2d"]
     assert set(s.deps) == {f"{rd}/toy2d/runs/{v}/metrics.json" for v in variants}
     assert s.outs == (f"{rd}/toy2d/summary.csv",)
-    if p.has("bench"):  # toy2d's part: the generator of bench.variant (mct); its teacher is analytic
-        assert [d for d in p.job("bench").deps if "/toy2d/" in d] == [f"{rd}/toy2d/runs/mct/checkpoint.pt"]
-        assert p.job("bench").outs == (f"{rd}/bench",)
-    if p.has("report"):
-        assert p.job("report").outs == (f"{rd}/report.html",)
-        assert s.outs[0] in p.job("report").deps and not any(f.endswith(".pt") for f in p.job("report").deps)
+    # bench: toy2d's part is the generator of bench.variant (mct); its teacher is analytic
+    assert [d for d in p.job("bench").deps if "/toy2d/" in d] == [f"{rd}/toy2d/runs/mct/checkpoint.pt"]
+    assert p.job("bench").outs == (f"{rd}/bench",)
+    assert p.job("report").outs == (f"{rd}/report.html",)
+    assert s.outs[0] in p.job("report").deps and not any(f.endswith(".pt") for f in p.job("report").deps)
     # every command parses with the CLI and reaches the stage it names
     for j in p.jobs:
         args = build_parser().parse_args(list(j.cmd[1:]))
@@ -151,11 +151,11 @@ def test_code_dependencies_are_the_modules_a_stage_imports():
               "src/mct/distill/em.py", "src/mct/teachers/gmm.py", "src/mct/cli.py", "src/mct/__init__.py"):
         assert f in code
     assert not any(f.startswith("src/mct/report/") for f in code)
-    assert "src/mct/benchmarks/imagenet.py" not in code and "src/mct/workflow.py" not in code
-    if p.has("report"):
-        rcode = set(p.job("report").code)
-        assert "src/mct/report/build.py" in rcode and "src/mct/benchmarks/toy2d.py" not in rcode
-        assert any(f.endswith(".j2") for f in rcode)  # the template is code too
+    assert "src/mct/benchmarks/imagenet.py" not in code
+    assert not any(f.startswith("src/mct/pipeline/") for f in code)
+    rcode = set(p.job("report").code)
+    assert "src/mct/report/build.py" in rcode and "src/mct/benchmarks/toy2d.py" not in rcode
+    assert any(f.endswith(".j2") for f in rcode)  # the template is code too
 
 
 def test_code_files_follow_relative_absolute_and_function_level_imports(tmp_path):
@@ -172,7 +172,7 @@ def test_code_files_follow_relative_absolute_and_function_level_imports(tmp_path
     (pkg / "other" / "d.py").write_text("import mct.e\n")
     (pkg / "e.py").write_text("")
     (pkg / "unused.py").write_text("")
-    files = {p.relative_to(pkg).as_posix() for p in W.code_files(["mct.a"], pkg)}
+    files = {p.relative_to(pkg).as_posix() for p in code_files(["mct.a"], pkg)}
     assert files == {"__init__.py", "a.py", "b.py", "sub/__init__.py", "sub/c.py", "sub/page.j2",
                      "other/__init__.py", "other/d.py", "e.py"}
 
@@ -197,7 +197,7 @@ def test_changing_one_variant_changes_only_that_variants_jobs():
 
 def test_dvc_stages_mirror_the_jobs():
     p = quick_pipeline()
-    stages = yaml.safe_load(p.dvc_yaml())["stages"]
+    stages = yaml.safe_load(dvc_yaml(p))["stages"]
     assert list(stages) == [j.name for j in p.jobs]
     for j in p.jobs:
         st = stages[j.name]
@@ -216,7 +216,7 @@ def test_dvc_yaml_refuses_a_results_dir_outside_the_repository():
     raw = copy.deepcopy(load_yaml(QUICK))
     raw["results_dir"] = "/tmp/elsewhere"
     with pytest.raises(ConfigError, match="inside the repository"):
-        quick_pipeline(raw).dvc_yaml()
+        dvc_yaml(quick_pipeline(raw))
 
 
 def test_write_dvc_yaml_through_the_cli(tmp_path, monkeypatch):
@@ -276,7 +276,7 @@ def fakes(monkeypatch):
 
 
 def test_dependencies_between_stages_and_benchmarks(fakes):
-    p = W.Pipeline("cfg.yaml", raw=fakes, base=REPO)
+    p = Pipeline("cfg.yaml", raw=fakes, base=REPO)
     teacher, feats = "res/fake/teacher/checkpoint.pt", "res/fake/features/checkpoint.pt"
     assert p.job("teacher_train", "fake").deps == ()
     assert p.job("features", "fake").deps == ()
@@ -301,7 +301,7 @@ def test_dependencies_between_stages_and_benchmarks(fakes):
     assert p.job("distill", "fake", "b").param_keys == ("benchmarks.fake.teacher", "benchmarks.fake.variants.b")
     fakes2 = copy.deepcopy(fakes)
     fakes2["benchmarks"]["fake"]["train"] = 9
-    p2 = W.Pipeline("cfg.yaml", raw=fakes2, base=REPO)
+    p2 = Pipeline("cfg.yaml", raw=fakes2, base=REPO)
     assert p2.job("teacher_train", "fake").config_hash == p.job("teacher_train", "fake").config_hash
     assert p2.job("distill", "fake", "a").config_hash != p.job("distill", "fake", "a").config_hash
     assert p2.job("distill", "fake", "b").config_hash == p.job("distill", "fake", "b").config_hash  # b overrides train
@@ -310,14 +310,14 @@ def test_dependencies_between_stages_and_benchmarks(fakes):
 def test_a_benchmark_needing_another_names_it(fakes):
     del fakes["benchmarks"]["fake"]
     with pytest.raises(ConfigError, match="benchmarks.fake section"):
-        W.Pipeline("cfg.yaml", raw=fakes, base=REPO)
+        Pipeline("cfg.yaml", raw=fakes, base=REPO)
 
 
 def test_cluster_resources_by_stage_and_benchmark(fakes):
     fakes["cluster"] = {"default": {"mem_mb": 8000, "partition": "main"},
                         "stages": {"distill": {"gpus": 2, "runtime": 600}},
                         "benchmarks": {"fake": {"default": {"cpus": 4}, "distill": {"gpus": 4, "gpu_model": "a100"}}}}
-    p = W.Pipeline("cfg.yaml", raw=fakes, base=REPO)
+    p = Pipeline("cfg.yaml", raw=fakes, base=REPO)
     assert p.job("distill", "fake", "a").resources == {"threads": 4, "gpu": 4, "mem_mb": 8000, "runtime": 600,
                                                        "gpu_model": "a100", "slurm_partition": "main"}
     assert p.job("distill", "fake-text", "a").resources == {"threads": 1, "gpu": 2, "mem_mb": 8000, "runtime": 600,
@@ -327,7 +327,7 @@ def test_cluster_resources_by_stage_and_benchmark(fakes):
     # device cuda: the network stages get a GPU unless the cluster section says otherwise
     fakes["device"] = "cuda"
     fakes["cluster"] = {"stages": {"evaluate": {"gpus": 2}}}
-    p = W.Pipeline("cfg.yaml", raw=fakes, base=REPO)
+    p = Pipeline("cfg.yaml", raw=fakes, base=REPO)
     assert p.job("distill", "fake", "a").resources["gpu"] == 1
     assert p.job("evaluate", "fake", "a").resources["gpu"] == 2
     assert p.job("summarize", "fake").resources["gpu"] == 0
@@ -335,7 +335,21 @@ def test_cluster_resources_by_stage_and_benchmark(fakes):
                        ({"benchmarks": {"fake": {"train": {}}}}, "train"), ({"default": {"gpu": 1}}, "gpu")):
         fakes["cluster"] = bad
         with pytest.raises(ConfigError, match=match):
-            W.Pipeline("cfg.yaml", raw=fakes, base=REPO)
+            Pipeline("cfg.yaml", raw=fakes, base=REPO)
+
+
+def test_multi_gpu_jobs_of_data_parallel_stages_launch_with_torchrun():
+    raw = load_yaml(REPO / "config" / "imagenet64.yaml")
+    raw["cluster"] = {"stages": {"distill": {"gpus": 4}, "evaluate": {"gpus": 2}, "teacher_eval": {"gpus": 2}}}
+    p = Pipeline("config/imagenet64.yaml", raw=raw, base=REPO)
+    job = p.job("distill", "imagenet64", "mct")
+    assert job.cmd[:5] == ("torchrun", "--standalone", "--nproc_per_node=4", "-m", "mct.cli")
+    assert job.cmd[5:7] == ("distill", "--config") and job.resources["gpu"] == 4
+    assert p.job("evaluate", "imagenet64", "mct").shell.startswith("torchrun --standalone --nproc_per_node=2 -m mct.cli evaluate")
+    assert p.job("teacher_eval", "imagenet64").cmd[0] == "mct"  # not a data-parallel stage
+    raw["cluster"] = {}
+    one = Pipeline("config/imagenet64.yaml", raw=raw, base=REPO)
+    assert one.job("distill", "imagenet64", "mct").cmd[0] == "mct"  # one GPU: no launcher
 
 
 def test_mct_config_check_validates_the_cluster_section(tmp_path, capsys):
@@ -407,11 +421,11 @@ def _children_cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def _files_of(p: W.Pipeline, pred) -> set[str]:
+def _files_of(p: Pipeline, pred) -> set[str]:
     return {f for j in p.jobs if pred(j) for f in j.files}
 
 
-def _rerun_files(p: W.Pipeline, pred) -> set[str]:
+def _rerun_files(p: Pipeline, pred) -> set[str]:
     """Outputs of the jobs ``pred`` selects and of every job downstream of them (jobs are in
     dependency order)."""
     stale: set[str] = set()
@@ -441,7 +455,7 @@ def test_snakemake_quick_run_end_to_end_then_nothing_to_do(tmp_path):
     assert cpu / cores < 180, f"the quick run used {cpu:.0f} CPU s on {cores} cores: over 3 minutes even when idle"
     if idle:
         assert wall < 180, f"the quick run took {wall:.0f} s (limit 180 s)"
-    p = W.Pipeline("config/quick.yaml", raw=load_yaml(repo / "config/quick.yaml"), base=repo)
+    p = Pipeline("config/quick.yaml", raw=load_yaml(repo / "config/quick.yaml"), base=repo)
     for f in p.targets():
         assert (repo / f).exists(), f"{f} was not made"
     for j in p.jobs:
@@ -473,10 +487,9 @@ def test_snakemake_quick_run_end_to_end_then_nothing_to_do(tmp_path):
         with open(repo / rel, "a", encoding="utf-8") as fh:
             fh.write("\n# edited by test_workflow\n")
 
-    if p.has("report"):
-        edit("src/mct/report/build.py")
-        assert _pending(repo, env, "config/quick.yaml") == _rerun_files(p, lambda j: "src/mct/report/build.py" in j.code)
-        assert not _files_of(p, lambda j: j.bench is not None) & _rerun_files(p, lambda j: "src/mct/report/build.py" in j.code)
+    edit("src/mct/report/build.py")
+    assert _pending(repo, env, "config/quick.yaml") == _rerun_files(p, lambda j: "src/mct/report/build.py" in j.code)
+    assert not _files_of(p, lambda j: j.bench is not None) & _rerun_files(p, lambda j: "src/mct/report/build.py" in j.code)
     edit("src/mct/benchmarks/toy2d.py")
     expected = _rerun_files(p, lambda j: "src/mct/benchmarks/toy2d.py" in j.code)
     assert _files_of(p, lambda j: j.bench == "toy2d") <= expected
@@ -523,7 +536,7 @@ def test_slurm_profile_dry_run_lists_gpu_jobs(tmp_path):
         m = re.search(r"resources: (.*)", body)
         res = dict(kv.split("=", 1) for kv in m.group(1).split(", ")) if m else {}
         by_rule.setdefault(rule, []).append(res)
-    p = W.Pipeline("config/imagenet64.yaml", raw=load_yaml(repo / "config/imagenet64.yaml"), base=repo)
+    p = Pipeline("config/imagenet64.yaml", raw=load_yaml(repo / "config/imagenet64.yaml"), base=repo)
     variants = p.variants("imagenet64")
     assert len(by_rule["distill"]) == len(variants) and len(by_rule["evaluate"]) == len(variants)
     for rule in ("distill", "evaluate", "teacher_eval"):
@@ -550,7 +563,7 @@ def test_dvc_repro_fresh_copy_then_up_to_date_metrics_and_params(tmp_path):
     _run(["git", "add", "-A"], repo, env)
     _run(["git", "commit", "-qm", "fresh copy"], repo, env)
     _run([dvc, "repro"], repo, env, timeout=900)
-    p = W.Pipeline("config/dvc-test.yaml", raw=load_yaml(repo / "config/dvc-test.yaml"), base=repo)
+    p = Pipeline("config/dvc-test.yaml", raw=load_yaml(repo / "config/dvc-test.yaml"), base=repo)
     for f in p.targets():
         assert (repo / f).exists(), f"{f} was not made"
     r = _run([dvc, "repro"], repo, env)

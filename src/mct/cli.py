@@ -8,15 +8,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from . import __version__
-from .config import from_dict, load_yaml
 from .errors import MCTError
-
-log = logging.getLogger("mct")
+from .root import RootConfig, load_root
 
 DESCRIPTION = """\
 MCT: distil a diffusion teacher into a one-step generator by EM (Xie et al., 2024).
@@ -33,49 +29,8 @@ Pipeline steps (each reads --config and writes under its results_dir):
   bench                      speed and memory measurements -> results/bench/*.json
   report                     results/report.html from whatever results exist
   config check|schema|show   validate a config / print its JSON schema / show a resolved variant
-  workflow dvc               write dvc.yaml from the pipeline's stage table
+  workflow dvc               write dvc.yaml from the pipeline's stage table (src/mct/pipeline/)
 """
-
-
-@dataclass(frozen=True)
-class RootConfig:
-    """Top level of a config file (config/default.yaml and friends).
-
-    results_dir: where every output goes. device: 'cpu' or 'cuda'. benchmarks: one
-    section per benchmark that runs (see each benchmark's schema). report, bench,
-    cluster: options of the report, of ``mct bench`` and of the SLURM profile."""
-
-    results_dir: str = "results"
-    device: str = "cpu"
-    progress: bool = True
-    benchmarks: dict[str, Any] = field(default_factory=dict)
-    report: dict[str, Any] = field(default_factory=dict)
-    bench: dict[str, Any] = field(default_factory=dict)
-    cluster: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self):
-        from .errors import ConfigError
-
-        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ConfigError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
-
-
-def load_root(path: str | Path, results_dir: str | None = None) -> tuple[RootConfig, dict]:
-    """Load and validate a config file: the root and every benchmark section and variant."""
-    from .benchmarks.base import validate_all
-
-    raw = load_yaml(path)
-    root = from_dict(RootConfig, raw, "config")
-    validate_all(raw)
-    from .workflow import parse_cluster  # the cluster section (resources of the workflow's jobs)
-
-    parse_cluster(raw)
-    from .bench import parse_bench_config  # the bench section (options of `mct bench`)
-
-    parse_bench_config(raw)
-    if results_dir is not None:
-        root = RootConfig(**{**root.__dict__, "results_dir": results_dir})
-    return root, raw
 
 
 def _context(root: RootConfig, args, computes: bool = True):
@@ -105,14 +60,35 @@ def _bench_stage(stage: str):
         if stage == "distill":
             kwargs["resume"] = args.resume
         ctx = _context(root, args, computes=stage not in ("teacher_fetch", "summarize"))
-        from .distributed import init_from_env, stage_runs_here
+        from .distributed import init_from_env, rank, stage_runs_here
 
         init_from_env(ctx.device)  # under torchrun: one process per GPU (a no-op otherwise)
         if not stage_runs_here(bench, stage):
             return None  # a stage that is not data-parallel runs on rank 0 alone
-        return fn(section, ctx, **kwargs)
+        if "variant" in kwargs:
+            bench.parse(section, args.variant)  # a bad or unknown name is refused before any folder exists
+        from .io import folder_lock
+
+        if rank() != 0:  # rank 0 alone writes (and holds the lock) under torchrun
+            return fn(section, ctx, **kwargs)
+        with folder_lock(_stage_folder(ctx, args.bench, stage, kwargs.get("variant")), f"{stage} {args.bench}"):
+            return fn(section, ctx, **kwargs)
 
     return run
+
+
+# the folder a stage writes (and locks against a second writer), under <results_dir>/<bench>/
+STAGE_FOLDERS = {"teacher_train": "teacher", "teacher_eval": "teacher", "teacher_fetch": "teacher",
+                 "features": "features", "clip": "clip", "summarize": "."}
+
+
+def _stage_folder(ctx, bench: str, stage: str, variant):
+    """runs/<variant> for distill and evaluate, runs/<variant>/correct for correct (it may run beside
+    evaluate), the stage's own folder for the per-benchmark stages."""
+    if variant is not None:
+        run = ctx.run_dir(bench, variant)
+        return run / "correct" if stage == "correct" else run
+    return ctx.bench_dir(bench) / STAGE_FOLDERS.get(stage, ".")
 
 
 def _cmd_inspect(args):
@@ -142,7 +118,7 @@ def _cmd_config(args):
     import yaml
 
     if args.action == "schema":
-        from .workflow import config_schema
+        from .pipeline.schema import config_schema
 
         print(yaml.safe_dump(config_schema(), sort_keys=False), end="")
         return
@@ -162,7 +138,7 @@ def _cmd_config(args):
 
 
 def _cmd_workflow(args):
-    from .workflow import write_dvc_yaml
+    from .pipeline.dvc import write_dvc_yaml
 
     print(write_dvc_yaml(args.config, args.out))
 

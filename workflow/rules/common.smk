@@ -1,5 +1,5 @@
 # Shared set-up of the rules: which config the `mct` commands read, its validation,
-# --use-conda without conda, and the stage table (mct.workflow.Pipeline) the rules use.
+# --use-conda without conda, and the stage table (mct.pipeline.jobs.Pipeline) the rules use.
 
 import hashlib
 import os
@@ -19,15 +19,17 @@ _SCHEMA = _REPO / "workflow" / "schemas" / "config.schema.yaml"
 CONDA_ENV = str(_REPO / "workflow" / "envs" / "mct.yaml")
 
 try:
-    import mct.workflow
+    import mct.pipeline
 except ImportError:  # snakemake from another environment: use this checkout's sources
     sys.path.insert(0, str(_REPO / "src"))
     try:
-        import mct.workflow
+        import mct.pipeline
     except ImportError as exc:
         raise WorkflowError(f"cannot import mct ({exc}); install it first: pip install -c constraints.txt -e .")
 from mct.config import load_yaml
 from mct.errors import MCTError
+from mct.pipeline.jobs import Pipeline
+from mct.pipeline.stages import STAGES, log_path, stage_path
 
 
 def _rel(path):
@@ -84,7 +86,7 @@ if not USE_CONDA and shutil.which("mct") is None:
                             "or run with --use-conda")
 
 try:
-    PIPELINE = mct.workflow.Pipeline(MCT_CONFIG, raw=_raw, base=os.getcwd())
+    PIPELINE = Pipeline(MCT_CONFIG, raw=_raw, base=os.getcwd())
 except MCTError as exc:
     raise WorkflowError(f"{MCT_CONFIG}: {exc}")
 # mct's own checks (above) name the bad key in one line; the schema is the same, generated
@@ -117,16 +119,16 @@ def stage_input(stage):
 
 
 def stage_output(stage):
-    spec = mct.workflow.STAGES[stage]
+    spec = STAGES[stage]
     out = {}
     for rel in spec.files:
-        path = mct.workflow.stage_path(stage, rel, PIPELINE.results_dir)
+        path = stage_path(stage, rel, PIPELINE.results_dir)
         out[Path(rel).stem] = directory(path) if spec.directory else path
     return out
 
 
 def stage_log(stage):
-    return mct.workflow.log_path(stage)
+    return log_path(stage)
 
 
 def stage_params(stage):
