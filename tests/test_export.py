@@ -270,6 +270,30 @@ def test_bad_labels_and_prompts_exit_2_with_one_line(runs, tmp_path, capsys):
     assert not (tmp_path / "x.png").exists()
 
 
+def test_factory_builds_only_what_it_knows():
+    from mct.errors import ConfigError
+    from mct.nets.factory import build, spec, spec_of
+    from mct.nets.mlp import MLPGenerator
+
+    rec = spec("mct.nets.onestep.OneStepGenerator", sigma_g=2.0, denoiser=spec(
+        "mct.diffusion.edm.EDMPrecond", sigma_data=0.5, model=spec(
+            "mct.nets.unet.SmallUNet", img_resolution=8, in_channels=1, label_dim=10, model_channels=8,
+            channel_mult=[1, 2])))
+    net = build(json.loads(json.dumps(rec)))  # survives JSON
+    assert spec_of(net) == rec and spec_of(net.denoiser.model)["kwargs"]["channel_mult"] == [1, 2]
+    assert net.denoiser.model.arch()["channel_mult"] == [1, 2] and net.sigma_g == 2.0
+    for bad, needle in (({"class_name": "subprocess.Popen", "kwargs": {"args": ["true"]}}, "not one MCT builds"),
+                        ({"class_name": "mct.nets.mlp.MLPGenerator", "kwargs": {"widht": 3}}, "cannot be built"),
+                        ({"class_name": "mct.nets.onestep.OneStepGenerator",
+                          "kwargs": {"sigma_g": 0, "denoiser": spec("mct.nets.mlp.MLPGenerator")}}, "sigma_g"),
+                        ([1, 2], "must be")):
+        with pytest.raises(ConfigError, match=needle) as info:
+            build(bad)
+        assert "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match="was not built by"):
+        spec_of(MLPGenerator())
+
+
 def test_import_mct_stays_cheap():
     code = "import sys, mct; assert 'torch' not in sys.modules; assert callable(mct.load_generator); print('ok')"
     proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": SRC},
@@ -324,3 +348,63 @@ def test_sd_export_is_a_diffusers_pipeline(tmp_path):
                   output_type="pt").images
     torch.testing.assert_close(theirs, (ours + 1) / 2, rtol=0, atol=1e-4)
     assert "DiffusionPipeline.from_pretrained" in (out / "README.md").read_text()
+    # config.json's factory spec rebuilds the same generator from the exported U-Net weights
+    from mct.export.folder import load_weights
+    from mct.nets.factory import build
+
+    c = json.loads((out / "config.json").read_text())
+    net = build(c["generator"]).eval()
+    load_weights(net, out / c["weights"], prefix=c["weights_prefix"])
+    z, cond = draw_latents(0, 2, (4, 8, 8)), g.encode_text(two)
+    with torch.no_grad():
+        assert torch.equal(net(z, cond), g.generator(z, cond))
+
+
+# ----------------------------------------------------------------------------- ImageNet (tiny teachers)
+
+@pytest.mark.parametrize("bench_name", ["imagenet64", "imagenet128"])
+def test_imagenet_generators_export_through_the_factory(tmp_path, bench_name):
+    """The ImageNet branch of the adapter: a tiny EDM-pickle (Dhariwal) or ADM teacher, one
+    distillation iteration, export, load: same images as the run's generator."""
+    import io
+
+    from mct.benchmarks.base import RunContext, get_benchmark
+    from mct.export.folder import write_export
+    from mct.export.runs import _run_generator
+    from mct.nets.adm import adm_from_flags
+    from paper_fixtures import TINY_ADM_FLAGS, LoopbackServer, tiny_edm_net, write_edm_pickle
+    from test_imagenet_bench import _ref_npz, _section
+
+    ctx = RunContext(results_dir=tmp_path / "results", device="cpu", progress=False)
+    bench = get_benchmark(bench_name)
+    with LoopbackServer() as server:
+        server.files["/ref.npz"] = _ref_npz()
+        if bench_name == "imagenet64":
+            pkl = write_edm_pickle(tmp_path / "tiny-edm.pkl", tiny_edm_net(seed=2), tmp_path / "marker")
+            server.files["/t.pkl"] = pkl.read_bytes()
+            section = _section(server, tmp_path, "/t.pkl", {"train": {"iterations": 1}})
+        else:
+            torch.manual_seed(0)
+            unet = adm_from_flags(TINY_ADM_FLAGS)
+            buf = io.BytesIO()
+            torch.save(unet.state_dict(), buf)
+            server.files["/adm.pt"] = buf.getvalue()
+            section = _section(server, tmp_path, "/adm.pt", {
+                "num_classes": 1000, "teacher": {"kind": "openai-adm", "adm_flags": dict(TINY_ADM_FLAGS)},
+                "train": {"iterations": 1}})
+        bench.teacher_fetch(section, ctx)
+        bench.distill(section, ctx, variant="mct")
+    run = _run_generator(bench, bench.parse(section, "mct"), ctx, "mct")
+    assert run.model.conditioning["kind"] == "labels" and run.model.shape == (3, 8, 8)
+    inner = run.spec["kwargs"]["denoiser"]["class_name"]
+    assert inner == ("mct.nets.dhariwal.DhariwalDenoiser" if bench_name == "imagenet64" else "mct.teachers.base.VPToEDM")
+    folder = write_export(tmp_path / "exp", run.model, run.spec, run.record)
+    labels = [1, 999 if bench_name == "imagenet128" else 9]
+    want = run.model.sample(4, labels=labels, seed=2)
+    assert np.array_equal(mct.load_generator(folder).sample(4, labels=labels, seed=2), want)
+    from mct.export.core import draw_latents, to_uint8
+
+    gen, _ = bench.load_generator(ctx.run_dir(bench_name, "mct") / "checkpoint.pt")
+    with torch.no_grad():
+        direct = gen(draw_latents(2, 4, (3, 8, 8)), torch.tensor(labels * 2))
+    assert np.array_equal(to_uint8(direct.clamp(-1, 1)), want)  # the benchmark's own generator, same images
