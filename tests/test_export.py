@@ -35,7 +35,8 @@ t1 = time.perf_counter()
 x = g.sample(**json.loads(sys.argv[2]))
 t2 = time.perf_counter()
 np.save(sys.argv[3], x)
-print(json.dumps({"load_seconds": t1 - t0, "sample_seconds": t2 - t1}))
+print(json.dumps({"load_seconds": t1 - t0, "sample_seconds": t2 - t1,
+                  "modules": sorted(m for m in sys.modules if m.startswith("mct."))}))
 """
 
 
@@ -49,6 +50,9 @@ def fresh_sample(folder: Path, out: Path, **kwargs) -> np.ndarray:
     proc = subprocess.run([sys.executable, "-c", LOAD_AND_SAMPLE, str(folder), json.dumps(kwargs), str(out)],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    modules = json.loads(proc.stdout.strip().splitlines()[-1])["modules"]
+    trainer_side = [m for m in modules if m.split(".")[1] in ("distill", "benchmarks", "cli", "config", "report")]
+    assert not trainer_side, f"load_generator imported {trainer_side}"  # no trainer, no config file
     return np.load(out)
 
 

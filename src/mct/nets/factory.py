@@ -19,6 +19,8 @@ Specs of today's generators (what each benchmark builds):
 - sd15: OneStepGenerator around ``mct.teachers.sd.SDUNetDenoiser`` {scheduler_config,
   prediction_type, unet: ``diffusers.UNet2DConditionModel`` {config}}
 
+Two entries are wrappers that live in ``mct.teachers`` (VPToEDM, SDUNetDenoiser); like every
+entry they are resolved by name when built, so ``mct.nets`` imports nothing above it.
 ``schedule`` kwargs describe ``alphas_cumprod`` in JSON: ``{"kind": "linear", "num_steps":
 1000}`` (DDPM / guided-diffusion), ``{"kind": "scaled_linear", ...}`` (Stable Diffusion)."""
 
@@ -45,13 +47,11 @@ def _tuples(kwargs: dict, *names: str) -> dict:
 
 
 def _schedule(spec: Any):
-    from ..teachers.base import linear_vp_alphas_cumprod, scaled_linear_alphas_cumprod
-
     if not isinstance(spec, dict) or spec.get("kind") not in ("linear", "scaled_linear"):
         raise ConfigError(f"schedule must be {{'kind': 'linear' | 'scaled_linear', ...}}, got {spec!r}")
     kw = {k: v for k, v in spec.items() if k != "kind"}
-    fn = linear_vp_alphas_cumprod if spec["kind"] == "linear" else scaled_linear_alphas_cumprod
-    return fn(**kw)
+    fn = "linear_vp_alphas_cumprod" if spec["kind"] == "linear" else "scaled_linear_alphas_cumprod"
+    return _attr(f"mct.teachers.base.{fn}")(**kw)
 
 
 def _dhariwal(**kwargs):
@@ -67,10 +67,8 @@ def _vp_to_edm(eps_model, schedule, quantize: bool = False):
 
 
 def _sd_denoiser(unet, scheduler_config: dict, quantize: bool = False):
-    from ..teachers.sd import SDUNetDenoiser, alphas_cumprod_from_scheduler_config
-
-    abar, prediction_type = alphas_cumprod_from_scheduler_config(scheduler_config)
-    return SDUNetDenoiser(unet, abar, prediction_type, quantize=quantize)
+    abar, prediction_type = _attr("mct.teachers.sd.alphas_cumprod_from_scheduler_config")(scheduler_config)
+    return _attr("mct.teachers.sd.SDUNetDenoiser")(unet, abar, prediction_type, quantize=quantize)
 
 
 def _diffusers_unet(config: dict):
