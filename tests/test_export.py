@@ -247,6 +247,13 @@ def test_bad_folders_and_weights_are_one_line(runs, tmp_path):
     c["generator"] = json.loads((exports["digits"] / "config.json").read_text())["generator"]
     (evil / "config.json").write_text(json.dumps(c))
     _one_line_error(lambda: mct.load_generator(evil), "relative path inside the folder")
+    # an exported CLIP config may not ask open_clip for a timm / hub model
+    text = tmp_path / "text"
+    shutil.copytree(exports["digits-text"], text)
+    clip_cfg = json.loads((text / "text_encoder" / "open_clip_config.json").read_text())
+    clip_cfg["model_cfg"]["vision_cfg"]["timm_model_name"] = "vit_base_patch16_224"
+    (text / "text_encoder" / "open_clip_config.json").write_text(json.dumps(clip_cfg))
+    _one_line_error(lambda: mct.load_generator(text), "vision_cfg may only hold")
 
 
 def test_bad_labels_and_prompts_exit_2_with_one_line(runs, tmp_path, capsys):

@@ -86,6 +86,7 @@ class ClipTextEncoder(nn.Module):
         super().__init__()
         from ..metrics.clip import build_clip
 
+        check_clip_config(config)
         model, self.tokenizer = build_clip(config)
         missing = set(text_state_keys(model.state_dict())) - set(text_state)
         unknown = set(text_state) - set(model.state_dict())
@@ -108,6 +109,27 @@ class ClipTextEncoder(nn.Module):
             out.append(torch.nn.functional.normalize(self.model.encode_text(tok).float(), dim=-1))
         f = torch.cat(out)
         return f * math.sqrt(f.shape[1])
+
+
+CLIP_KEYS = {"model_cfg": {"embed_dim"},
+             "vision_cfg": {"image_size", "layers", "width", "patch_size", "head_width"},
+             "text_cfg": {"context_length", "vocab_size", "width", "heads", "layers"}}
+
+
+def check_clip_config(config) -> None:
+    """An exported CLIP config may only describe the tiny ViT/transformer CLIP (integers), never
+    name a timm/HF model that open_clip would fetch: exports are untrusted input."""
+    model = config.get("model_cfg") if isinstance(config, dict) else None
+    if not isinstance(model, dict) or set(model) - {"embed_dim", "vision_cfg", "text_cfg"}:
+        raise MCTError("text encoder config must be {'model_cfg': {embed_dim, vision_cfg, text_cfg}, ...}")
+    for part in ("vision_cfg", "text_cfg"):
+        sub = model.get(part)
+        if not isinstance(sub, dict) or set(sub) - CLIP_KEYS[part]:
+            raise MCTError(f"text encoder config: {part} may only hold {', '.join(sorted(CLIP_KEYS[part]))}")
+        if not all(isinstance(v, int) and 0 < v <= 1 << 17 for v in sub.values()):
+            raise MCTError(f"text encoder config: {part} values must be positive integers")
+    if not isinstance(model.get("embed_dim"), int) or not 0 < model["embed_dim"] <= 1 << 14:
+        raise MCTError("text encoder config: embed_dim must be a positive integer")
 
 
 def text_state_keys(state: dict) -> list[str]:
