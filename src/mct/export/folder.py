@@ -87,9 +87,12 @@ def staging_folder(out: Path) -> Path:
 
 
 def write_export(out: str | Path, model: OneStepModel, spec: dict, record: dict,
-                 text_encoder: Optional[tuple[dict, dict]] = None, metrics: Optional[dict] = None) -> Path:
+                 text_encoder: Optional[tuple[dict, dict]] = None, metrics: Optional[dict] = None,
+                 metrics_record: Optional[dict] = None) -> Path:
     """Write the folder for a non-SD run. ``record``: bench, variant, sigma_g, provenance ... (goes
-    into config.json); ``text_encoder``: (open_clip config, text-tower state) for digits-text."""
+    into config.json); ``text_encoder``: (open_clip config, text-tower state) for digits-text;
+    ``metrics``: the run's scores by name (config.json, model card); ``metrics_record``: the run's
+    metrics.json as evaluate wrote it (copied)."""
     from .card import model_card, preview_grid
 
     out = Path(out)
@@ -107,8 +110,8 @@ def write_export(out: str | Path, model: OneStepModel, spec: dict, record: dict,
             _save_safetensors(text_state, tmp / TEXT_DIR / WEIGHTS)
             cfg["conditioning"]["encoder"] = {"kind": "open_clip-text", "path": TEXT_DIR,
                                               "weights_sha256": sha256_file(tmp / TEXT_DIR / WEIGHTS)}
-        if metrics is not None:
-            (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+        if metrics_record is not None:
+            (tmp / "metrics.json").write_text(json.dumps(metrics_record, indent=2, default=str) + "\n")
         preview = preview_grid(model, tmp / "samples.png")
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, default=str) + "\n")
         (tmp / "README.md").write_text(model_card(cfg, preview is not None, out.name))

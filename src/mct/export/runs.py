@@ -33,22 +33,27 @@ class RunGenerator:
     extra: dict = field(default_factory=dict)
 
 
-def describe(module: nn.Module) -> dict:
-    """The factory spec of a generator built the way the benchmarks build them today."""
-    from ..diffusion.edm import EDMPrecond
-    from ..nets.dhariwal import DhariwalDenoiser
+def spec_from_record(record: dict) -> dict:
+    """The factory spec of a generator from the architecture record its checkpoint stores
+    ({"teacher": registry arch, "sigma_g": ...}, see :mod:`mct.distill.init`)."""
     from ..nets.factory import spec
-    from ..nets.unet import SmallUNet
 
-    if hasattr(module, "denoiser") and hasattr(module, "sigma_g"):  # OneStepGenerator (and imagenet's copy)
-        return spec("mct.nets.onestep.OneStepGenerator", sigma_g=module.sigma_g, denoiser=describe(module.denoiser))
-    if isinstance(module, DhariwalDenoiser):
-        return spec("mct.nets.dhariwal.DhariwalDenoiser", **module.init_kwargs)
-    if type(module) is EDMPrecond:
-        return spec("mct.diffusion.edm.EDMPrecond", sigma_data=module.sigma_data, model=describe(module.model))
-    if isinstance(module, SmallUNet):
-        return spec("mct.nets.unet.SmallUNet", **module.arch())
-    raise MCTError(f"cannot describe a {type(module).__name__} as a factory spec")
+    arch, sigma_g = record.get("teacher") or {}, record.get("sigma_g")
+    kind = arch.get("kind")
+    if kind == "trained":
+        den = spec("mct.diffusion.edm.EDMPrecond", sigma_data=arch["sigma_data"],
+                   model=spec("mct.nets.unet.SmallUNet", **arch["unet"]))
+    elif kind == "edm-pickle":
+        den = spec("mct.nets.dhariwal.DhariwalDenoiser", **arch["init_kwargs"])
+    elif kind == "openai-adm":
+        from ..teachers.openai_adm import adm_kwargs, split_flags
+
+        _, diffusion = split_flags(arch["flags"])
+        den = spec("mct.teachers.base.VPToEDM", schedule={"kind": "linear", "num_steps": int(diffusion["diffusion_steps"])},
+                   eps_model=spec("mct.nets.adm.ADMEps", unet=spec("mct.nets.adm.ADMUNet", **adm_kwargs(arch["flags"]))))
+    else:
+        raise MCTError(f"no export for a generator whose teacher kind is {kind!r}")
+    return spec("mct.nets.onestep.OneStepGenerator", sigma_g=sigma_g, denoiser=den)
 
 
 def rebuilt(module: nn.Module, record: dict) -> nn.Module:
@@ -75,92 +80,72 @@ def _record(bench: str, variant: str, state: dict, shape, sigma_g, teacher: dict
     return {"bench": bench, "variant": variant, "sigma_g": sigma_g, "resolution": shape[-1] if len(shape) == 3 else None,
             "channels": shape[0] if len(shape) == 3 else None,
             "provenance": {"config_hash": state.get("config_hash"), "iteration": int(state.get("iteration", 0)),
-                           "teacher": teacher}}
+                           "run_hash": (state.get("config") or {}).get("run_hash"), "teacher": teacher}}
 
 
 def _run_generator(bench, cfg, ctx, variant: str) -> RunGenerator:
     """The EMA generator of ``variant``'s run and how to call it.
 
-    COORDINATOR: replace this function by the base hook ``Benchmark.load_generator(cfg, ctx,
-    variant) -> RunGenerator`` (each benchmark's branch below moves into its module). It is
-    written on the benchmarks' current public methods (toy2d ``load_generator``, digits
-    ``load_run``, digits-text ``load_teacher``/``networks``, imagenet ``load_generator``,
-    sd15 ``load_teacher``/``load_generator``)."""
-    from ..distill.trainer import load_checkpoint, load_state_strict
+    COORDINATOR: the weights come through the base hook ``Benchmark.load_generator(cfg, ctx,
+    variant)``; what is still per benchmark below (data shape, conditioning, text encoder, teacher
+    file) can become one more hook, e.g. ``Benchmark.sampling(cfg, ctx) -> (shape, conditioning,
+    encode_text, teacher_file)``, and this function then has no branches. sd15 still has its own
+    ``load_generator(cfg, teacher, path)``."""
     from ..nets.factory import spec
 
     name = bench.name
-    run_dir = ctx.run_dir(name, variant)
-    ckpt = run_dir / "checkpoint.pt"
-    if not ckpt.exists():
-        raise MCTError(f"{ckpt} does not exist: run `mct distill --bench {name} --variant {variant}` first")
     dev = ctx.device
+    if name == "sd15":
+        from .sd import sd_run_generator
+
+        ckpt = ctx.run_dir(name, variant) / "checkpoint.pt"
+        if not ckpt.exists():
+            raise MCTError(f"{ckpt} does not exist: run `mct distill --bench {name} --variant {variant}` first")
+        teacher = bench.load_teacher(cfg, ctx)
+        gen, state = bench.load_generator(cfg, teacher, ckpt)
+        return sd_run_generator(bench, cfg, ctx, variant, teacher, gen, state, ctx.run_dir(name, variant))
+    gen, state = bench.load_generator(cfg, ctx, variant)
+    gen = gen.cpu()
+    run_dir = ctx.run_dir(name, variant)
+    record = (state.get("config") or {}).get("arch") or {}
+    text = encode = None
     if name == "toy2d":
-        gen, state = bench.load_generator(cfg, ckpt)
         rec = spec("mct.nets.mlp.MLPGenerator", dim=2, hidden=cfg.generator.hidden, layers=cfg.generator.layers)
         t = cfg.teacher
         teacher = _teacher_record(None, f"exact {t.modes}-mode ring GMM (radius {t.radius}, std {t.std}, "
                                         f"{t.weights} weights)")
-        model = OneStepModel(rebuilt(gen, rec), (2,), {"kind": "none"}, "points", batch_size=SAMPLE_BATCH, device=dev)
-        return RunGenerator(model, rec, _record(name, variant, state, (2,), None, teacher), run_dir)
-    if name in ("digits", "mnist"):
+        shape, cond, output, sigma_g = (2,), {"kind": "none"}, "points", None
+    elif name in ("digits", "mnist"):
         split = bench.data(cfg)
-        _, gen, _, state = bench.load_run(cfg, ctx, split, variant)
         k = split.train.num_classes
         cond = ({"kind": "labels", "num_classes": k, "null_label": k} if cfg.conditional
                 else {"kind": "none", "constant_label": k})
-        rec = describe(gen.cpu())
-        shape = tuple(split.train.shape)
+        rec, shape, output, sigma_g = spec_from_record(record), tuple(split.train.shape), "image", cfg.sigma_g
         teacher = _teacher_record(bench.teacher_dir(ctx) / "checkpoint.pt", f"{name} EDM teacher (trained here), "
                                   f"guidance {cfg.teacher.guidance}")
-        model = OneStepModel(rebuilt(gen, rec), shape, cond, "image", batch_size=SAMPLE_BATCH, device=dev)
-        return RunGenerator(model, rec, _record(name, variant, state, shape, cfg.sigma_g, teacher), run_dir)
-    if name == "digits-text":
+    elif name == "digits-text":
         from ..benchmarks.digits_text import make_caption
         from .core import ClipTextEncoder
 
-        table = bench.stored_cond_table(cfg, ctx)
-        net, _, shape = bench.load_teacher(cfg, ctx, table.shape[-1])
-        gen, _ = bench.networks(cfg, net, shape, table.shape[-1])
-        state = load_checkpoint(ckpt)
-        load_state_strict(gen, state["generator_ema"], "generator", ckpt)
         clip = bench.read_clip(ctx)
-        text_state = {k: clip["state"][k] for k in text_state_keys(clip["state"])}
-        examples = [make_caption(c, cfg.captions.templates[0]) for c in range(table.shape[0])]
-        cond = {"kind": "text", "example_prompts": examples, "embedding_dim": int(table.shape[-1]),
-                "null": "zeros", "guidance_scale_of_teacher": cfg.teacher.guidance_scale}
-        rec = describe(gen.cpu())
-        teacher = _teacher_record(bench.teacher_path(ctx), "digits-text EDM teacher (trained here), text-conditioned "
-                                  f"on the tiny CLIP, guidance {cfg.teacher.guidance_scale}")
-        model = OneStepModel(rebuilt(gen, rec), tuple(shape), cond, "image", encode_text=ClipTextEncoder(
-            clip["config"], text_state), batch_size=SAMPLE_BATCH, device=dev)
-        return RunGenerator(model, rec, _record(name, variant, state, shape, cfg.generator.sigma_g, teacher), run_dir,
-                            text_encoder=(clip["config"], text_state))
-    if name in ("imagenet64", "imagenet128"):
-        gen, state = bench.load_generator(ckpt)
-        arch = (state.get("config") or {})["arch"]
-        if arch["kind"] == "edm-pickle":
-            rec = describe(gen)
-        else:
-            from ..teachers.openai_adm import adm_kwargs, split_flags
-
-            _, diffusion = split_flags(arch["flags"])
-            unet = spec("mct.nets.adm.ADMUNet", **adm_kwargs(arch["flags"]))
-            rec = spec("mct.nets.onestep.OneStepGenerator", sigma_g=gen.sigma_g, denoiser=spec(
-                "mct.teachers.base.VPToEDM", schedule={"kind": "linear", "num_steps": int(diffusion["diffusion_steps"])},
-                eps_model=spec("mct.nets.adm.ADMEps", unet=unet)))
-        shape = (cfg.channels, cfg.resolution, cfg.resolution)
+        text = (clip["config"], {k: clip["state"][k] for k in text_state_keys(clip["state"])})
+        encode = ClipTextEncoder(*text)
+        dim = int(clip["cond_table"].shape[-1])
+        cond = {"kind": "text", "example_prompts": [make_caption(c, cfg.captions.templates[0]) for c in range(10)],
+                "embedding_dim": dim, "null": "zeros", "guidance_scale_of_teacher": cfg.teacher.guidance}
+        rec, shape, output, sigma_g = spec_from_record(record), tuple(bench.split(cfg).train.shape), "image", cfg.sigma_g
+        teacher = _teacher_record(bench.teacher_dir(ctx) / "checkpoint.pt", "digits-text EDM teacher (trained "
+                                  f"here), text-conditioned on the tiny CLIP, guidance {cfg.teacher.guidance}")
+    elif name in ("imagenet64", "imagenet128"):
+        rec, shape, output, sigma_g = spec_from_record(record), (cfg.channels, cfg.resolution, cfg.resolution), \
+            "image", cfg.sigma_g
+        cond = {"kind": "labels", "num_classes": cfg.num_classes, "null_label": None}
         teacher = _teacher_record(bench.teacher_file(cfg, ctx), f"{cfg.teacher.kind} teacher {cfg.teacher.url}")
-        model = OneStepModel(rebuilt(gen, rec), shape, {"kind": "labels", "num_classes": cfg.num_classes,
-                                                         "null_label": None}, "image", batch_size=64, device=dev)
-        return RunGenerator(model, rec, _record(name, variant, state, shape, cfg.sigma_g, teacher), run_dir)
-    if name == "sd15":
-        from .sd import sd_run_generator
-
-        teacher = bench.load_teacher(cfg, ctx)
-        gen, state = bench.load_generator(cfg, teacher, ckpt)
-        return sd_run_generator(bench, cfg, ctx, variant, teacher, gen, state, run_dir)
-    raise MCTError(f"benchmark {name} has no exportable generator")
+    else:
+        raise MCTError(f"benchmark {name} has no exportable generator")
+    batch = 64 if name.startswith("imagenet") else SAMPLE_BATCH
+    model = OneStepModel(rebuilt(gen, rec), shape, cond, output, encode_text=encode, batch_size=batch, device=dev)
+    return RunGenerator(model, rec, _record(name, variant, state, shape, sigma_g, teacher), run_dir, text_encoder=text)
 
 
 def _load(raw: dict, ctx, bench_name: str, variant: str) -> RunGenerator:
@@ -210,23 +195,32 @@ def export_command(raw: dict, ctx, args) -> Path:
     import datetime
 
     from ..io import read_json
-    from ..report.provenance import git_info, versions
+    from ..provenance import git_info, versions
+    from ..records import RunMetrics, read_record
     from .folder import write_export
 
     run = _load(raw, ctx, args.bench, args.variant)
     mpath = run.run_dir / "metrics.json"
-    metrics = read_json(mpath) if mpath.exists() else None
-    if metrics is None:
+    metrics = record = None
+    if mpath.exists():
+        record = read_json(mpath)
+        if isinstance(record, dict) and "kind" in record:  # a typed record (mct.records)
+            rec = read_record(mpath, RunMetrics)  # refuses another kind or schema version (one line)
+            metrics = {**rec.scores.metrics, "nfe": rec.nfe, "iterations": rec.iterations,
+                       "train_seconds": rec.train_seconds, "num_samples": rec.num_samples}
+        else:  # COORDINATOR: stages that still write a flat dict; drop this branch once all write RunMetrics
+            metrics = {k: v for k, v in record.items() if isinstance(v, (int, float, str, bool)) or v is None}
+    else:
         log.warning("%s is missing (run `mct evaluate`): the export carries no metrics", mpath)
     prov = run.record["provenance"]
     prov.update(git_info())
     prov.update(exported_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                versions=versions(["mct", "torch", "safetensors", "open_clip_torch", "diffusers"]))
+                versions=versions(("mct", "torch", "safetensors", "open_clip_torch", "diffusers")))
     if run.sd is not None:
         from .sd import write_sd_export
 
-        path = write_sd_export(args.out, run, metrics)
+        path = write_sd_export(args.out, run, metrics, record)
     else:
-        path = write_export(args.out, run.model, run.spec, run.record, run.text_encoder, metrics)
+        path = write_export(args.out, run.model, run.spec, run.record, run.text_encoder, metrics, record)
     print(path)
     return path

@@ -73,7 +73,7 @@ def sd_run_generator(bench, cfg, ctx, variant: str, teacher, gen, state, run_dir
     return RunGenerator(model, rec, record, run_dir, sd=teacher, extra={"scheduler_config": sched})
 
 
-def write_sd_export(out: str | Path, run, metrics: Optional[dict]) -> Path:
+def write_sd_export(out: str | Path, run, metrics: Optional[dict], metrics_record: Optional[dict] = None) -> Path:
     """The diffusers pipeline folder plus config.json, metrics.json, README.md and a preview."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
 
@@ -96,8 +96,8 @@ def write_sd_export(out: str | Path, run, metrics: Optional[dict]) -> Path:
                    conditioning=dict(m.conditioning), sampling=sampling_record(m), metrics=metrics or {},
                    diffusers={"pipeline": "StableDiffusionPipeline",
                               "call": f"pipe(prompts, sigmas=[{m.generator.sigma_g}, 0.0], guidance_scale=1.0)"})
-        if metrics is not None:
-            (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+        if metrics_record is not None:
+            (tmp / "metrics.json").write_text(json.dumps(metrics_record, indent=2, default=str) + "\n")
         preview = preview_grid(m, tmp / "samples.png", n=4)
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, default=str) + "\n")
         (tmp / "README.md").write_text(model_card(cfg, preview is not None, out.name))
