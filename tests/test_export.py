@@ -332,9 +332,10 @@ def test_sd_export_is_a_diffusers_pipeline(tmp_path):
     sd_dir = build_tiny_sd(tmp_path / "tiny-sd")
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red bus\na cat on a mat\ntwo dogs playing\n", encoding="utf-8")
-    section = {"teacher": {"model": str(sd_dir), "local_files_only": True, "guidance_scale": 2.0},
-               "generator": {"sigma_g": 2.5},
-               "prompts": {"train": str(prompts), "eval": str(prompts), "seed": 0},
+    section = {"teacher": {"model": str(sd_dir), "local_files_only": True, "guidance": 2.0},
+               "sigma_g": 2.5,
+               "prompts": {"train": str(prompts), "seed": 0},
+               "eval": {"prompts": str(prompts), "prompt_seed": 0},
                "em": {"num_steps": 1, "gamma_eps": 0.1, "gamma_z": 0.0},
                "train": {"iterations": 2, "batch_size": 2, "lr_g": 1e-3, "lr_s": 1e-3, "score_updates": 1,
                          "checkpoint_every": 2, "log_every": 1, "sigma": {"lo": 0.05, "hi": 10.0}},

@@ -89,8 +89,7 @@ def _run_generator(bench, cfg, ctx, variant: str) -> RunGenerator:
     COORDINATOR: the weights come through the base hook ``Benchmark.load_generator(cfg, ctx,
     variant)``; what is still per benchmark below (data shape, conditioning, text encoder, teacher
     file) can become one more hook, e.g. ``Benchmark.sampling(cfg, ctx) -> (shape, conditioning,
-    encode_text, teacher_file)``, and this function then has no branches. sd15 still has its own
-    ``load_generator(cfg, teacher, path)``."""
+    encode_text, teacher_file)``, and this function then has no branches."""
     from ..nets.factory import spec
 
     name = bench.name
@@ -98,12 +97,9 @@ def _run_generator(bench, cfg, ctx, variant: str) -> RunGenerator:
     if name == "sd15":
         from .sd import sd_run_generator
 
-        ckpt = ctx.run_dir(name, variant) / "checkpoint.pt"
-        if not ckpt.exists():
-            raise MCTError(f"{ckpt} does not exist: run `mct distill --bench {name} --variant {variant}` first")
-        teacher = bench.load_teacher(cfg, ctx)
-        gen, state = bench.load_generator(cfg, teacher, ckpt)
-        return sd_run_generator(bench, cfg, ctx, variant, teacher, gen, state, ctx.run_dir(name, variant))
+        gen, state = bench.load_generator(cfg, ctx, variant)
+        return sd_run_generator(bench, cfg, ctx, variant, bench.teacher(cfg, ctx), gen, state,
+                                ctx.run_dir(name, variant))
     gen, state = bench.load_generator(cfg, ctx, variant)
     gen = gen.cpu()
     run_dir = ctx.run_dir(name, variant)

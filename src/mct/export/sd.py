@@ -52,11 +52,11 @@ def sd_run_generator(bench, cfg, ctx, variant: str, teacher, gen, state, run_dir
     try:
         from ..data.prompts import load_prompts
 
-        examples = load_prompts(cfg.prompts.eval, 4, cfg.prompts.seed)
+        examples = load_prompts(cfg.eval.prompts, 4, cfg.eval.prompt_seed)
     except MCTError:
         examples = ["a photo of a cat"]
     cond = {"kind": "text", "example_prompts": list(examples), "encoder": {"kind": "diffusers-clip"},
-            "guidance_scale_of_teacher": cfg.teacher.guidance_scale}
+            "guidance_scale_of_teacher": cfg.teacher.guidance}
     model = OneStepModel(gen.eval().requires_grad_(False), tuple(teacher.latent_shape), cond, "latent",
                          encode_text=teacher.encode, decode=teacher.decode, batch_size=min(SAMPLE_BATCH, 8),
                          device=ctx.device)
@@ -66,7 +66,7 @@ def sd_run_generator(bench, cfg, ctx, variant: str, teacher, gen, state, run_dir
                    "sha256": sha256_file(unet_file) if unet_file.is_file() else None,
                    "manifest_sha256": sha256_file(manifest) if manifest.is_file() else None,
                    "description": f"Stable Diffusion {cfg.teacher.model}@{cfg.teacher.revision or 'main'}, "
-                                  f"guidance {cfg.teacher.guidance_scale}"}
+                                  f"guidance {cfg.teacher.guidance}"}
     record = _record(bench.name, variant, state, teacher.latent_shape, gen.sigma_g, teacher_rec)
     vae_down = 2 ** (len(teacher.vae.config.block_out_channels) - 1)
     record.update(resolution=teacher.latent_shape[-1] * vae_down, channels=3, quantize=bool(cfg.teacher.quantize_timesteps))
