@@ -127,7 +127,8 @@ def _run_generator(bench, cfg, ctx, variant: str) -> RunGenerator:
         text = (clip["config"], {k: clip["state"][k] for k in text_state_keys(clip["state"])})
         encode = ClipTextEncoder(*text)
         dim = int(clip["cond_table"].shape[-1])
-        cond = {"kind": "text", "example_prompts": [make_caption(c, cfg.captions.templates[0]) for c in range(10)],
+        cond = {"kind": "text", "example_prompts": [make_caption(c, cfg.captions.templates[0])
+                                                     for c in range(bench.num_classes)],
                 "embedding_dim": dim, "null": "zeros", "guidance_scale_of_teacher": cfg.teacher.guidance}
         rec, shape, output, sigma_g = spec_from_record(record), tuple(bench.split(cfg).train.shape), "image", cfg.sigma_g
         teacher = _teacher_record(bench.teacher_dir(ctx) / "checkpoint.pt", "digits-text EDM teacher (trained "
