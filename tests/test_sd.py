@@ -17,7 +17,8 @@ transformers = pytest.importorskip("transformers")
 
 from mct.errors import CheckpointError, DataError, MCTError  # noqa: E402
 from mct.teachers.base import GuidedDenoiser, scaled_linear_alphas_cumprod  # noqa: E402
-from mct.teachers.sd import (FixedSigmaGenerator, SDUNetDenoiser, alphas_cumprod_from_scheduler_config,  # noqa: E402
+from mct.nets.onestep import OneStepGenerator  # noqa: E402
+from mct.teachers.sd import (SDUNetDenoiser, alphas_cumprod_from_scheduler_config,  # noqa: E402
                              load_sd_teacher)
 
 SD_SCHEDULER = {"_class_name": "PNDMScheduler", "beta_start": 0.00085, "beta_end": 0.012,
@@ -196,7 +197,7 @@ def test_cfg_identities(sd):
 def test_generator_and_student_are_copies(sd):
     gen = sd.make_generator(2.5)
     student = sd.make_student()
-    assert isinstance(gen, FixedSigmaGenerator)
+    assert isinstance(gen, OneStepGenerator)
     z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3))
     cond = sd.encode(["a", "b"])
     with torch.no_grad():

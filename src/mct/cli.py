@@ -26,6 +26,8 @@ Pipeline steps (each reads --config and writes under its results_dir):
   evaluate                   score a distilled generator -> runs/<variant>/metrics.json
   correct                    joint MCMC correction of one-step samples (before/after grids and FID)
   summarize                  one row per variant -> <bench>/summary.csv
+  sample                     images from a distilled generator -> PNG grid, PNG files or .npz
+  export                     a distilled generator as a self-describing folder (mct.load_generator)
   bench                      speed and memory measurements -> results/bench/*.json
   report                     results/report.html from whatever results exist
   config check|schema|show   validate a config / print its JSON schema / show a resolved variant
@@ -137,6 +139,20 @@ def _cmd_config(args):
         print(json.dumps(to_dict(cfg), indent=2))
 
 
+def _cmd_sample(args):
+    from .export.runs import sample_command
+
+    root, raw = load_root(args.config, args.results_dir)
+    sample_command(raw, _context(root, args), args)
+
+
+def _cmd_export(args):
+    from .export.runs import export_command
+
+    root, raw = load_root(args.config, args.results_dir)
+    export_command(raw, _context(root, args), args)
+
+
 def _cmd_workflow(args):
     from .pipeline.dvc import write_dvc_yaml
 
@@ -189,6 +205,21 @@ def build_parser() -> argparse.ArgumentParser:
             g.add_argument("--no-resume", dest="resume", action="store_const", const="no",
                            help="start afresh, discarding checkpoints (default: resume when a compatible one exists)")
         sp.set_defaults(func=_bench_stage(name))
+
+    sp = sub.add_parser("sample", help="images from a distilled generator (EMA, one network pass per batch)")
+    common(sp, variant=True)
+    g = sp.add_mutually_exclusive_group()
+    g.add_argument("--labels", default=None, help="class labels, e.g. 0,3,7 (cycled to --num)")
+    g.add_argument("--prompts", default=None, help="text file, one prompt per line (cycled to --num)")
+    sp.add_argument("--num", type=int, default=None, help="number of images (default: one per label/prompt, else 64)")
+    sp.add_argument("--seed", type=int, default=0, help="seed of the latents (default 0)")
+    sp.add_argument("--out", required=True, help="FILE.png (grid), FILE.npz (uint8 NHWC under arr_0) or a folder")
+    sp.set_defaults(func=_cmd_sample)
+
+    sp = sub.add_parser("export", help="write a distilled generator as a folder that mct.load_generator reads")
+    common(sp, variant=True)
+    sp.add_argument("--out", required=True, help="output folder (replaced atomically if it is an earlier export)")
+    sp.set_defaults(func=_cmd_export)
 
     sp = sub.add_parser("report", help="render results/report.html")
     common(sp, bench=False)

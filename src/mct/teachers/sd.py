@@ -18,7 +18,8 @@ Conditioning ``cond`` is the text encoder's last hidden state ``(N, 77, 768)``
 (``encoder_hidden_states``); classifier-free guidance is
 :class:`~mct.teachers.base.GuidedDenoiser` with the embedding of the empty prompt
 as the unconditional branch. The generator and the student score start as copies
-of the teacher U-Net; the generator is ``g(z, c) = D_theta(sigma_g z, sigma_g, c)``.
+of the teacher U-Net; the generator is ``g(z, c) = D_theta(sigma_g z, sigma_g, c)``
+(:class:`mct.nets.onestep.OneStepGenerator`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from torch import Tensor, nn
 
 from ..diffusion.edm import append_dims, as_sigma
 from ..errors import CheckpointError
+from ..nets.onestep import OneStepGenerator
 from .base import GuidedDenoiser, VPToEDM
 
 log = logging.getLogger(__name__)
@@ -95,20 +97,6 @@ class SDUNetDenoiser(VPToEDM):
         x_t = a * x
         v = self.eps_model(x_t, self.sigma_to_t(sigma), cond).to(x.dtype)
         return a * x_t - s * a * v
-
-
-class FixedSigmaGenerator(nn.Module):
-    """One-step generator g(z, c) = D_theta(sigma_g z, sigma_g, c) (docs/method.md#one-step-generator)."""
-
-    def __init__(self, denoiser: nn.Module, sigma_g: float):
-        super().__init__()
-        if not sigma_g > 0:
-            raise ValueError(f"sigma_g must be > 0, got {sigma_g}")
-        self.denoiser = denoiser
-        self.sigma_g = float(sigma_g)
-
-    def forward(self, z: Tensor, cond: Optional[Tensor] = None) -> Tensor:
-        return self.denoiser(self.sigma_g * z, self.sigma_g, cond)
 
 
 def reinit_parameters(module: nn.Module, seed: int = 0) -> nn.Module:
@@ -242,8 +230,8 @@ class SDTeacher:
         return unet
 
     def make_generator(self, sigma_g: float, init: str = "teacher", seed: int = 0,
-                       autocast: Optional[torch.dtype] = None) -> FixedSigmaGenerator:
-        return FixedSigmaGenerator(self.denoiser(self.trainable_unet(init, seed), autocast), sigma_g)
+                       autocast: Optional[torch.dtype] = None) -> OneStepGenerator:
+        return OneStepGenerator(self.denoiser(self.trainable_unet(init, seed), autocast), sigma_g)
 
     def make_student(self, init: str = "teacher", seed: int = 0,
                      autocast: Optional[torch.dtype] = None) -> SDUNetDenoiser:
