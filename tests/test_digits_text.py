@@ -12,17 +12,17 @@ import torch
 
 from mct.benchmarks.base import RunContext, get_benchmark
 from mct.benchmarks.digits_text import DEFAULT_TEMPLATES, caption_table, make_caption
-from mct.errors import CheckpointError, ConfigError
+from mct.errors import CheckpointError, ConfigError, MCTError
 
 TINY = {
     "clip": {"steps": 100, "batch_size": 128},
-    "teacher": {"unet": {"model_channels": 8, "channel_mult": [1, 2]}, "iterations": 120, "batch_size": 64,
+    "teacher": {"net": {"model_channels": 8, "channel_mult": [1, 2]}, "iterations": 120, "batch_size": 64,
                 "lr": 3e-3, "log_every": 20},
-    "generator": {"sigma_g": 2.5},
+    "sigma_g": 2.5,
     "em": {"num_steps": 2, "gamma_eps": 0.1, "gamma_z": 0.05},
     "train": {"iterations": 6, "batch_size": 32, "score_updates": 1, "score_warmup": 2, "checkpoint_every": 3,
               "log_every": 2},
-    "eval": {"num_samples": 100, "batch_size": 100, "teacher_nfe": 3, "grid_per_class": 4},
+    "eval": {"num_samples": 100, "batch_size": 100, "teacher_nfe": 3, "grid": 40},
     "variants": {"mct": {}, "k1": {"em": {"num_steps": 1, "gamma_z": 0.0}}},
 }
 
@@ -48,8 +48,9 @@ def test_captions_from_labels():
         bench.parse({"captions": {"templates": ["a {word} {colour}"]}})
     with pytest.raises(ConfigError, match="unknown variant"):
         bench.parse(TINY, "nope")
-    labels, tmpl, caps = bench.eval_conditions(bench.parse(TINY), 30)
-    assert labels.tolist() == list(range(10)) * 3
+    cfg = bench.parse(TINY)
+    labels, (tmpl, caps) = bench.eval_labels(cfg, 30), bench.eval_captions(cfg, 30)
+    assert labels.tolist() == list(range(10)) * 3 and tmpl.tolist() == [0] * 10 + [1] * 10 + [2] * 10
     assert caps[0] == make_caption(0, DEFAULT_TEMPLATES[0]) and caps[10] == make_caption(0, DEFAULT_TEMPLATES[1])
 
 
@@ -89,7 +90,7 @@ def pipeline(tmp_path_factory):
         bench.teacher_train(section, ctx)
     out["errors"]["no_clip"] = e.value
     out["clip"] = bench.clip(section, ctx)
-    with pytest.raises(CheckpointError, match="run `mct teacher train --bench digits-text` first"):
+    with pytest.raises(MCTError, match="run `mct teacher train --bench digits-text` first"):
         bench.distill(section, ctx, variant="mct")
     out["teacher_train"] = bench.teacher_train(section, ctx)
     out["teacher_eval"] = bench.teacher_eval(section, ctx)
@@ -102,7 +103,7 @@ def pipeline(tmp_path_factory):
 
 def test_clip_stage_scores_matching_captions_higher(pipeline):
     _, _, ctx, out = pipeline
-    m = out["clip"]
+    m = out["clip"].metrics
     d = ctx.bench_dir("digits-text") / "clip"
     for f in ("checkpoint.pt", "metrics.json", "open_clip_config.json", "open_clip_model.safetensors"):
         assert (d / f).exists(), f
@@ -121,21 +122,21 @@ def test_teacher_is_text_conditioned_and_guided(pipeline):
     other = {**section, "captions": {"templates": ["a {word}"]}}
     with pytest.raises(CheckpointError, match="other caption templates"):
         bench.stored_cond_table(bench.parse(other), ctx)
-    net, state, shape = bench.load_teacher(cfg, ctx, 32)
-    assert shape == (1, 8, 8) and state["arch"]["cond_dim"] == 32 and state["iteration"] == 120
+    net, arch = bench.teacher_net(cfg, ctx)
+    assert arch["kind"] == "trained" and arch["unet"]["cond_dim"] == 32 and arch["unet"]["in_channels"] == 1
     x = torch.randn(4, 1, 8, 8)
     sigma = torch.full((4,), 1.0)
     cond = table[torch.tensor([1, 3, 5, 7]), 0]
     with torch.no_grad():
         d_c, d_u = net(x, sigma, cond), net(x, sigma, torch.zeros(4, 32))
-        guided = bench.guided(cfg, net, 32)(x, sigma, cond)
-    w = cfg.teacher.guidance_scale
+        guided = bench.guided(cfg, net)(x, sigma, cond)
+    w = cfg.teacher.guidance
     torch.testing.assert_close(guided, d_u + w * (d_c - d_u), rtol=1e-4, atol=1e-5)
     assert not torch.allclose(d_c, d_u, atol=1e-3)
     tm = out["teacher_eval"]
-    assert tm["nfe"] == 3 and tm["guidance_scale"] == w
-    for key in ("fid", "kid_mean", "precision", "recall", "clip_score", "class_accuracy", "train_seconds"):
-        assert key in tm and tm[key] is not None, key
+    assert [r.nfe for r in tm.rows] == [3] and tm.rows[0].nfe_measured == 3 and tm.guidance == w
+    for key in ("fid", "kid_mean", "precision", "recall", "clip_score", "class_accuracy"):
+        assert tm.rows[0].scores.get(key) is not None, key
     teacher_dir = ctx.bench_dir("digits-text") / "teacher"
     for f in ("checkpoint.pt", "train_log.csv", "metrics.json", "samples.png"):
         assert (teacher_dir / f).exists(), f
@@ -147,31 +148,32 @@ def test_distilled_runs_and_metrics(pipeline):
         run = ctx.run_dir("digits-text", v)
         for f in ("checkpoint.pt", "train_log.csv", "metrics.json", "samples.png"):
             assert (run / f).exists(), (v, f)
-        m = out[f"evaluate_{v}"]
-        for key in ("fid", "kid_mean", "precision", "recall", "clip_score", "nfe", "train_seconds"):
-            assert key in m and m[key] is not None, (v, key)
-        assert m["nfe"] == 1 and m["iterations"] == 6 and math.isfinite(m["fid"])
-        assert m["clip_score_real"] == pytest.approx(out["clip"]["clip_score_real"])
-    assert out["evaluate_k1"]["K"] == 1 and out["evaluate_mct"]["K"] == 2
+        rec = out[f"evaluate_{v}"]
+        m = rec["scores"]["metrics"]
+        for key in ("fid", "kid_mean", "precision", "recall", "clip_score"):
+            assert m.get(key) is not None, (v, key)
+        assert rec["nfe"] == 1 and rec["iterations"] == 6 and math.isfinite(m["fid"])
+        assert m["clip_score_real"] == pytest.approx(out["clip"].metrics["clip_score_real"])
+    assert out["evaluate_k1"]["settings"]["K"] == 1 and out["evaluate_mct"]["settings"]["K"] == 2
     # the generator moved away from the teacher copy it started from
     teacher_state = torch.load(ctx.bench_dir("digits-text") / "teacher" / "checkpoint.pt", weights_only=True)["ema"]
     gen_state = torch.load(ctx.run_dir("digits-text", "mct") / "checkpoint.pt", weights_only=True)["generator"]
     assert any(not torch.equal(gen_state[f"denoiser.{k}"], v) for k, v in teacher_state.items())
     rows = list(csv.DictReader(open(ctx.bench_dir("digits-text") / "summary.csv")))
-    assert [r["variant"] for r in rows] == ["teacher", "mct", "k1"]
-    assert rows[0]["nfe"] == "3" and rows[1]["nfe"] == "1"
+    assert [r["variant"] for r in rows] == ["mct", "k1"]
+    assert rows[0]["nfe"] == "1" and float(rows[0]["fid"]) == pytest.approx(out["evaluate_mct"]["scores"]["metrics"]["fid"])
 
 
 def test_missing_feature_network_is_clear(pipeline, tmp_path):
     bench, section, ctx, _ = pipeline
     bad = {**section, "eval": {**section["eval"], "features": str(tmp_path / "none.pt")}}
-    with pytest.raises(CheckpointError, match="run `mct features --bench digits` first"):
+    with pytest.raises(MCTError, match="run `mct features --bench digits` first"):
         bench.evaluate(bad, ctx, variant="k1")
 
 
 def test_config_files_have_a_digits_text_section():
     from mct.benchmarks.base import section_of
-    from mct.cli import load_root
+    from mct.root import load_root
 
     repo = Path(__file__).resolve().parents[1]
     for name in ("default.yaml", "quick.yaml"):

@@ -108,7 +108,7 @@ def reference(tmp_path_factory) -> Path:
     cfg = write_config(tmp / "c.yaml", tmp / "results")
     assert main(distill_argv(cfg)) == 0
     run = tmp / "results" / "toy2d" / "runs" / "mct"
-    init = TOY.networks(TOY.parse(KILL, "mct"))[0].state_dict()
+    init = TOY.generator_from_record(TOY.parse(KILL, "mct"), None, {}).state_dict()
     trained = load(run / "checkpoint.pt")["generator"]
     assert any(not torch.equal(init[k], trained[k]) for k in init)  # training moved the weights
     return run

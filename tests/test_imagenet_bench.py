@@ -16,6 +16,7 @@ import yaml
 
 from mct.benchmarks.base import REGISTRY, RunContext, get_benchmark
 from mct.errors import ConfigError, MCTError
+from mct.records import RunMetrics, TeacherMetrics, read_record
 
 sys.path.insert(0, str(Path(__file__).parent))
 from paper_fixtures import (TINY_ADM_FLAGS, LoopbackServer, register_tiny_extractor,  # noqa: E402
@@ -98,27 +99,28 @@ def test_edm_teacher_end_to_end(tmp_path):
         run = ctx.run_dir("imagenet64", "mct")
         assert (run / "checkpoint.pt").exists() and (run / "train_log.csv").exists()
         state = torch.load(run / "checkpoint.pt", weights_only=True)
-        assert state["config"]["arch"]["kind"] == "edm-pickle"
+        assert state["config"]["arch"]["teacher"]["kind"] == "edm-pickle"
         # the generator starts as the teacher: its keys are the teacher's under 'denoiser.'
         assert set(state["generator"]) == {f"denoiser.{k}" for k in net.state_dict()}
 
         m = bench.evaluate(section, ctx, variant="mct")
-        assert m["fid"] == min(m["fid_seeds"]) and len(m["fid_seeds"]) == 2 and np.isfinite(m["fid"])
-        assert m["nfe"] == 1 and m["num_samples"] == 20 and m["iterations"] == 2
-        assert json.loads((run / "metrics.json").read_text())["fid"] == m["fid"]
+        fid = m.scores.get("fid")
+        assert fid == min(m.scores.fid_seeds) and len(m.scores.fid_seeds) == 2 and np.isfinite(fid)
+        assert m.nfe == 1 and m.num_samples == 20 and m.iterations == 2
+        assert read_record(run / "metrics.json", RunMetrics).scores.get("fid") == fid
         assert (run / "samples.png").exists()
 
         t = bench.teacher_eval(section, ctx)
-        assert t["rows"][0]["nfe"] == 3 and np.isfinite(t["rows"][0]["fid"])
-        assert json.loads((tdir / "metrics.json").read_text())["rows"][0]["fid"] == t["rows"][0]["fid"]
+        assert t.rows[0].nfe == 3 and np.isfinite(t.rows[0].scores.get("fid"))
+        assert read_record(tdir / "metrics.json", TeacherMetrics).rows[0].scores.get("fid") == t.rows[0].scores.get("fid")
         assert (tdir / "samples.png").exists()
 
         with pytest.raises(MCTError, match="k1"):
             bench.summarize(section, ctx)
         bench.distill(section, ctx, variant="k1")
         bench.evaluate(section, ctx, variant="k1")
-        rows = bench.summarize(section, ctx)
-        assert [r["variant"] for r in rows] == ["mct", "k1"] and rows[1]["K"] == 1
+        rows = bench.summarize(section, ctx).rows
+        assert [r.variant for r in rows] == ["mct", "k1"] and rows[1].settings["K"] == 1
         assert (ctx.bench_dir("imagenet64") / "summary.csv").exists()
     assert not marker.exists()
 
@@ -145,19 +147,21 @@ def test_local_teacher_copy(tmp_path):
 def test_generator_is_the_teacher_at_sigma_g(tmp_path):
     """'init: teacher': before any update g(z, c) = D_T(sigma_g z, sigma_g, c); 'random' differs."""
     from mct.benchmarks.imagenet import ImageNet
+    from mct.distill.init import init_networks
 
     bench = ImageNet("imagenet64")
     net = tiny_edm_net(seed=3)
     cfg = bench.parse({"resolution": 8, "num_classes": 10, "sigma_g": 2.5, "precision": "fp32",
                        "dropout": 0.0})
     arch = {"kind": "edm-pickle", "init_kwargs": dict(net.init_kwargs)}
-    gen, student = bench._networks(cfg, net, arch)
+    record = {"teacher": arch, "sigma_g": cfg.sigma_g, "dropout": cfg.dropout, "precision": cfg.precision}
+    gen, student = init_networks(net, record, cfg.init)
     z, c = torch.randn(2, 3, 8, 8), torch.tensor([1, 7])
     with torch.no_grad():
         torch.testing.assert_close(gen(z, c), net(2.5 * z, torch.full((2,), 2.5), c))
         assert all(p.requires_grad for p in gen.parameters()) and student is not net
         cfg_r = bench.parse({"resolution": 8, "num_classes": 10, "init": "random", "precision": "fp32"})
-        gen_r, _ = bench._networks(cfg_r, net, arch)
+        gen_r, _ = init_networks(net, record, cfg_r.init, seed=0)
         assert not torch.allclose(gen_r(z, c), gen(z, c))
 
 
@@ -182,8 +186,8 @@ def test_adm_teacher_distils_through_the_vp_wrapper(tmp_path):
         bench.teacher_fetch(section, ctx)
         bench.distill(section, ctx, variant="mct")
         m = bench.evaluate(section, ctx, variant="mct")
-        assert np.isfinite(m["fid"]) and m["teacher_kind"] == "openai-adm"
-        assert "not public" in m["teacher_note"]
+        assert np.isfinite(m.scores.get("fid")) and m.notes["teacher_kind"] == "openai-adm"
+        assert "not public" in m.notes["teacher_note"]
 
 
 def test_cli_wiring(tmp_path, capsys):

@@ -319,32 +319,34 @@ def test_tiny_sd15_mct_run(tmp_path, sd_dir):
     moved = [k for k, v in state["generator"].items() if k.startswith("denoiser.eps_model.unet.")
              and not torch.equal(v, t_state[k[len("denoiser.eps_model.unet."):]])]
     assert moved, "the generator did not move away from the teacher"
-    m = bench.evaluate(section, ctx, variant="k1")
-    for key in ("fid", "clip_score", "clip_score_fraction", "nfe", "train_seconds"):
+    rec = bench.evaluate(section, ctx, variant="k1")
+    m = rec.scores.metrics
+    for key in ("fid", "clip_score", "clip_score_fraction"):
         assert key in m, key
-    assert m["nfe"] == 1 and m["num_samples"] == 5 and math.isfinite(m["fid"])
+    assert rec.nfe == 1 and rec.num_samples == 5 and math.isfinite(m["fid"])
     assert -100 <= m["clip_score"] <= 100 and m["clip_score"] == pytest.approx(100 * m["clip_score_fraction"])
     assert (run / "metrics.json").exists() and (run / "samples.png").exists()
-    assert (m["K"], m["guidance"], m["sigma_g"], m["init"], m["iterations"]) == (1, 2.0, 2.5, "teacher", 3)
-    assert m["run_hash"] == bench.run_hash(bench.parse(section, "k1"))
+    s = rec.settings
+    assert (s["K"], s["guidance"], s["sigma_g"], s["init"], rec.iterations) == (1, 2.0, 2.5, "teacher", 3)
+    assert rec.provenance.config_hash == bench.run_hash(bench.parse(section, "k1"))
     # evaluation settings and gradient checkpointing leave the weights alone: same run hash
     rescored = {**section, "gradient_checkpointing": True, "eval": {**section["eval"], "grid": 2, "prompt_seed": 1}}
-    assert bench.run_hash(bench.parse(rescored, "k1")) == m["run_hash"]
+    assert bench.run_hash(bench.parse(rescored, "k1")) == rec.provenance.config_hash
     # a checkpoint trained under another config is refused, metrics.json left as it was
     other = {**section, "teacher": {**section["teacher"], "guidance": 3.0}}
     with pytest.raises(MCTError, match=r"trained under another config .*mct distill --bench sd15 --variant k1"):
         bench.evaluate(other, ctx, variant="k1")
     assert (run / "metrics.json").exists()
     tm = bench.teacher_eval(section, ctx)
-    [row] = tm["rows"]
-    assert (row["nfe"], row["nfe_measured"], row["num_samples"]) == (3, 3, 2) and math.isfinite(row["fid"])
-    assert tm["guidance"] == 2.0 and (ctx.bench_dir("sd15") / "teacher" / "samples.png").exists()
-    with pytest.raises(MCTError, match="metrics.json is missing"):
+    [row] = tm.rows
+    assert (row.nfe, row.nfe_measured, row.num_samples) == (3, 3, 2) and math.isfinite(row.scores.get("fid"))
+    assert tm.guidance == 2.0 and (ctx.bench_dir("sd15") / "teacher" / "samples.png").exists()
+    with pytest.raises(MCTError, match="run `mct evaluate --bench sd15 --variant mct`"):
         bench.summarize(section, ctx)  # variant mct was not run
     section_one = {**section, "variants": {"k1": {"em": {"num_steps": 1, "gamma_z": 0.0}}}}
-    [r] = bench.summarize(section_one, ctx)
-    assert (r["variant"], r["K"], r["guidance"]) == ("k1", 1, 2.0)
-    assert (r["fid"], r["clip_score"]) == (m["fid"], m["clip_score"])
+    [r] = bench.summarize(section_one, ctx).rows
+    assert (r.variant, r.settings["K"], r.settings["guidance"]) == ("k1", 1, 2.0)
+    assert (r.metrics["fid"], r.metrics["clip_score"]) == (m["fid"], m["clip_score"])
     bad = {**section, "prompts": {**section["prompts"], "train": str(tmp_path / "missing.txt")}}
     with pytest.raises(DataError, match="does not exist"):
         bench.distill(bad, ctx, variant="mct")

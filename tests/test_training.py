@@ -91,7 +91,7 @@ def test_classifier_reproduces_the_digits_features_stage(digits_stages):
     fc = cfg.features
     split = bench.data(cfg)
     c, h, _ = split.train.shape
-    state = read_checkpoint(bench.features_dir(ctx) / "checkpoint.pt", "mct-features-v1")
+    state = read_checkpoint(ctx.bench_dir("digits") / "features" / "checkpoint.pt", "mct-features-v1")
 
     def run(seed):
         out = train_classifier(lambda: SmallCNN(c, h, split.train.num_classes, fc.width, fc.feature_dim, fc.dropout),
@@ -115,7 +115,7 @@ def test_classifier_reproduces_the_digits_features_stage(digits_stages):
 # ----------------------------------------------------------------------------- digits-text
 
 TEXT = {"clip": {"steps": 6, "batch_size": 32},
-        "teacher": {"unet": {"model_channels": 8, "channel_mult": [1, 2]}, "iterations": 10, "batch_size": 16,
+        "teacher": {"net": {"model_channels": 8, "channel_mult": [1, 2]}, "iterations": 10, "batch_size": 16,
                     "lr": 3e-3, "log_every": 4, "cond_drop": 0.3}}
 
 
@@ -167,7 +167,8 @@ def _text_teacher(bench, cfg, ctx, seed):
     split = bench.split(cfg)
     dim = table.shape[-1]
     return train_edm_teacher(
-        lambda: bench.build_net(cfg, split.train.shape, dim), split.train.images,
+        lambda: EDMPrecond(build_unet(tc.net, img_resolution=split.train.shape[-1], in_channels=split.train.shape[0],
+                                      cond_dim=dim), sigma_data=tc.sigma_data), split.train.images,
         draw_condition=table_condition(table, split.train.labels), null_cond=torch.zeros(dim),
         iterations=tc.iterations, batch_size=tc.batch_size, lr=tc.lr, lr_warmup=0, ema_decay=tc.ema_decay,
         cond_dropout=tc.cond_drop, sigma=tc.sigma, sigma_data=tc.sigma_data, seed=seed, device="cpu",
@@ -177,7 +178,7 @@ def _text_teacher(bench, cfg, ctx, seed):
 def test_edm_teacher_reproduces_the_digits_text_stage(text_stages):
     bench, ctx = text_stages
     cfg = bench.parse(TEXT)
-    state = read_checkpoint(bench.teacher_path(ctx), "mct-teacher-v1")
+    state = read_checkpoint(bench.teacher_dir(ctx) / "checkpoint.pt", "mct-teacher-v1")
     run = _text_teacher(bench, cfg, ctx, cfg.teacher.seed)
     assert_same_state(run.net.state_dict(), state["net"])
     assert_same_state(run.ema.state_dict(), state["ema"])

@@ -221,7 +221,7 @@ class ImageNet(Benchmark):
         return super().parse(deep_merge(DEFAULTS[self.name], section or {}), variant, path)
 
     def settings(self, cfg: ImageNetConfig) -> dict:
-        return {**super().settings(cfg), "sigma_g": cfg.sigma_g, "teacher_kind": cfg.teacher.kind}
+        return {**super().settings(cfg), "sigma_g": cfg.sigma_g}
 
     # ------------------------------------------------------------------ files
 
@@ -396,7 +396,7 @@ class ImageNet(Benchmark):
             result = self._score(cfg, ctx, lambda z, c: gen(z, c), cfg.eval.num_samples, cfg.eval.seeds,
                                  out.path("samples.png"))
             notes = {k: str(result.pop(k)) for k in ("reference", "feature_extractor", "feature_layer")}
-            notes.update(teacher_url=cfg.teacher.url, **self._teacher_note())
+            notes.update(teacher_url=cfg.teacher.url, teacher_kind=cfg.teacher.kind, **self._teacher_note())
             rec = self.run_record(cfg, variant, state, result, ignore=("seeds", "num_samples", "eval_seconds"),
                                   notes=notes, num_samples=cfg.eval.num_samples, eval_seconds=result["eval_seconds"])
             self.write_record(out.path("metrics.json"), rec)
