@@ -285,7 +285,7 @@ def case_benchmark_name_traversal(t, mp):
 
 
 def case_cli_variant_traversal(t, mp):
-    return distill(t.toy(), "../../../../victim"), "unknown variant"
+    return distill(t.toy(), "../../../../victim"), "variant name '../../../../victim' is not a valid name"
 
 
 def _num(patch, needle="must be a finite number", **root):
@@ -468,19 +468,38 @@ def case_report_out_is_a_directory(t, mp):
     return ["report", "--config", str(cfg), "--out", str(t.tmp / "report.html"), "--no-progress"], "it is a directory"
 
 
-def _summarize_with_metrics(t, make) -> list[str]:
+def _summarize_with_metrics(t, make, complete: bool = False) -> list[str]:
+    """A run folder whose metrics.json is ``make``'s; with ``complete``, also a completion record
+    that lists it (a hostile copy: the stages never write one for such a file)."""
+    from mct.benchmarks.toy2d import BENCHMARK as TOY
+    from mct.io import stage_outputs
+
+    cfg = t.toy()
     run = t.results / "toy2d" / "runs" / "mct"
     run.mkdir(parents=True)
     make(run / "metrics.json")
-    return ["summarize", "--config", str(t.toy()), "--bench", "toy2d", "--no-progress"]
+    if complete:
+        section = yaml.safe_load(cfg.read_text())["benchmarks"]["toy2d"]
+        with stage_outputs(run, "evaluate", TOY.run_hash(TOY.parse(section, "mct"))) as out:
+            out.add(run / "metrics.json")
+    return ["summarize", "--config", str(cfg), "--bench", "toy2d", "--no-progress"]
 
 
 def case_summarize_metrics_is_a_directory(t, mp):
-    return _summarize_with_metrics(t, lambda p: p.mkdir()), "is a directory"
+    return _summarize_with_metrics(t, lambda p: p.mkdir()), "the evaluate outputs are missing or incomplete"
 
 
 def case_summarize_metrics_200k_deep(t, mp):
-    return _summarize_with_metrics(t, lambda p: p.write_text("[" * 200_000 + "]" * 200_000)), "nested too deeply"
+    return _summarize_with_metrics(t, lambda p: p.write_text("[" * 200_000 + "]" * 200_000)), "outputs are missing"
+
+
+def case_summarize_metrics_200k_deep_with_a_completion_record(t, mp):
+    return (_summarize_with_metrics(t, lambda p: p.write_text("[" * 200_000 + "]" * 200_000), complete=True),
+            "nested too deeply")
+
+
+def case_summarize_metrics_is_a_list_with_a_completion_record(t, mp):
+    return _summarize_with_metrics(t, lambda p: p.write_text("[1, 2]"), complete=True), "not a JSON object"
 
 
 # --- teacher inspect ---
@@ -898,7 +917,7 @@ def test_commands_that_do_not_compute_run_without_the_gpu_the_config_names(tmp_p
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     t = Tree(tmp_path)
     cfg = t.toy(device="cuda")
-    expect_one_line(capsys, ["summarize", "--config", str(cfg), "--bench", "toy2d"], "metrics.json is missing")
+    expect_one_line(capsys, ["summarize", "--config", str(cfg), "--bench", "toy2d"], "the evaluate outputs are missing")
     expect_one_line(capsys, distill(cfg), "no CUDA GPU is available")
 
 

@@ -73,8 +73,14 @@ def _bench_stage(stage: str):
 
         if rank() != 0:  # rank 0 alone writes (and holds the lock) under torchrun
             return fn(section, ctx, **kwargs)
-        with folder_lock(_stage_folder(ctx, args.bench, stage, kwargs.get("variant")), f"{stage} {args.bench}"):
-            return fn(section, ctx, **kwargs)
+        folder = _stage_folder(ctx, args.bench, stage, kwargs.get("variant"))
+        made = _first_missing(folder)
+        try:
+            with folder_lock(folder, f"{stage} {args.bench}"):
+                return fn(section, ctx, **kwargs)
+        except BaseException:
+            _remove_if_only_locks(made)  # a stage that failed before writing leaves no folder behind
+            raise
 
     return run
 
@@ -82,6 +88,26 @@ def _bench_stage(stage: str):
 # the folder a stage writes (and locks against a second writer), under <results_dir>/<bench>/
 STAGE_FOLDERS = {"teacher_train": "teacher", "teacher_eval": "teacher", "teacher_fetch": "teacher",
                  "features": "features", "clip": "clip", "summarize": "."}
+
+
+def _first_missing(folder: Path):
+    """The outermost folder of ``folder``'s path that does not exist yet (None: it exists)."""
+    missing = None
+    for p in (folder, *folder.parents):
+        if p.exists():
+            break
+        missing = p
+    return missing
+
+
+def _remove_if_only_locks(top) -> None:
+    import shutil
+
+    from .io import LOCK_NAME
+
+    if top is not None and top.is_dir() and all(
+            p.is_dir() or p.name in (LOCK_NAME, LOCK_NAME + ".pid") for p in top.rglob("*")):
+        shutil.rmtree(top, ignore_errors=True)
 
 
 def _stage_folder(ctx, bench: str, stage: str, variant):

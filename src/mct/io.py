@@ -113,8 +113,9 @@ def folder_lock(folder: str | os.PathLike, what: str) -> Iterator[Path]:
         yield folder
     finally:
         _HELD.pop(key, None)
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError):  # removed while still held: a lock file is never left as an output
             (folder / (LOCK_NAME + ".pid")).unlink()
+            (folder / LOCK_NAME).unlink()
         lock.release()
 
 
