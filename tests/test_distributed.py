@@ -18,7 +18,6 @@ from torch import nn
 from mct import distributed as D
 from mct.benchmarks.base import RunContext
 from mct.benchmarks.toy2d import BENCHMARK as TOY
-from mct.config import from_dict, load_yaml
 from mct.diffusion.edm import EDMPrecond, SigmaDist, append_dims
 from mct.distill.em import EMConfig
 from mct.distill.step import _autocast
@@ -348,19 +347,3 @@ def test_channels_last_and_compile_knobs(tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- the workflow launches torchrun
-
-
-def test_workflow_launches_torchrun_for_multi_gpu_jobs():
-    from mct import workflow as W
-
-    raw = load_yaml(REPO / "config" / "imagenet64.yaml")
-    raw["cluster"] = {"stages": {"distill": {"gpus": 4}, "evaluate": {"gpus": 2}, "teacher_eval": {"gpus": 2}}}
-    p = W.Pipeline("config/imagenet64.yaml", raw=raw, base=REPO)
-    job = p.job("distill", "imagenet64", "mct")
-    assert job.cmd[:5] == ("torchrun", "--standalone", "--nproc_per_node=4", "-m", "mct.cli")
-    assert job.cmd[5:7] == ("distill", "--config") and job.resources["gpu"] == 4
-    assert p.job("evaluate", "imagenet64", "mct").shell.startswith("torchrun --standalone --nproc_per_node=2 -m mct.cli evaluate")
-    assert p.job("teacher_eval", "imagenet64").cmd[0] == "mct"  # not a data-parallel stage
-    raw["cluster"] = {}
-    one = W.Pipeline("config/imagenet64.yaml", raw=raw, base=REPO)
-    assert one.job("distill", "imagenet64", "mct").cmd[0] == "mct"  # one GPU: no launcher

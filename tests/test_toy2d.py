@@ -1,7 +1,6 @@
 """toy2d end to end: resume exactness, bad configs, the CLI and the summary table."""
 
 import csv
-import json
 from pathlib import Path
 
 import pytest
