@@ -18,6 +18,7 @@ from torch import nn
 from mct import distributed as D
 from mct.benchmarks.base import RunContext
 from mct.benchmarks.toy2d import BENCHMARK as TOY
+from mct.config import from_dict
 from mct.diffusion.edm import EDMPrecond, SigmaDist, append_dims
 from mct.distill.em import EMConfig
 from mct.distill.step import _autocast

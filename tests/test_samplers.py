@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from mct.diffusion.edm import EDMPrecond, karras_sigmas
+from mct.diffusion.edm import karras_sigmas
 from mct.diffusion.samplers import (CountingDenoiser, heun_steps_for_nfe, sample_at_nfe, sigmas_for_nfe,
                                     steps_for_nfe)
 
