@@ -23,6 +23,7 @@ include: "workflow/rules/teacher.smk"
 include: "workflow/rules/refstats.smk"
 include: "workflow/rules/distill.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/export.smk"
 include: "workflow/rules/report.smk"
 
 

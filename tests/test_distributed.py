@@ -22,7 +22,7 @@ from mct.config import from_dict
 from mct.diffusion.edm import EDMPrecond, SigmaDist, append_dims
 from mct.distill.em import EMConfig
 from mct.distill.step import _autocast
-from mct.distill.trainer import TrainConfig, _hashed_train, distill
+from mct.distill.trainer import TrainConfig, hashed_train, distill
 from mct.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -245,10 +245,10 @@ def test_train_config_knobs_are_validated_and_runtime_ones_not_hashed():
         TrainConfig(batch_size=64, accumulation=3)
     with pytest.raises(ConfigError, match="precision must be one of fp32, bf16"):
         from_dict(TrainConfig, {"precision": "fp16"}, "train")
-    base = _hashed_train(TrainConfig())
-    assert base == _hashed_train(TrainConfig(accumulation=2, channels_last=True, compile=True))
+    base = hashed_train(TrainConfig())
+    assert base == hashed_train(TrainConfig(accumulation=2, channels_last=True, compile=True))
     assert "precision" not in base and "tf32" not in base  # configs written before the knobs keep their hash
-    assert base != _hashed_train(TrainConfig(precision="bf16")) != _hashed_train(TrainConfig(tf32=True))
+    assert base != hashed_train(TrainConfig(precision="bf16")) != hashed_train(TrainConfig(tf32=True))
 
 
 class _Rec(nn.Module):

@@ -14,6 +14,7 @@ Chromium is required when ``CI`` is set; elsewhere the browser tests are skipped
 
 from __future__ import annotations
 
+import html as html_lib
 import io
 import math
 import os
@@ -654,3 +655,16 @@ def test_browser_linked_images_load_under_the_csp(linked):
     result = check_page(linked)
     linked = [i for i in result.images if not i["src"].startswith("data:")]
     assert linked and not result.broken_images and not result.external_requests, result.problems()
+
+
+def test_exported_generator_is_linked_with_its_model_card(tmp_path):
+    res, raw = make_results(tmp_path, benches=("digits",))
+    export = res / "digits" / "export" / "mct"
+    export.mkdir(parents=True)
+    (export / "config.json").write_text("{}")
+    (export / "README.md").write_text("# model card\n")
+    html = build_report(raw, RunContext(results_dir=res)).read_text()
+    link = re.search(r'<p class="note" data-export="digits/mct">(.*?)</p>', html, re.S).group(1)
+    assert 'href="digits/export/mct/README.md"' in link and 'href="digits/export/mct/"' in link
+    assert html_lib.unescape(link).count('mct.load_generator("results/digits/export/mct/")') == 1
+    assert 'data-export="digits/k1"' not in html  # only folders that exist are linked

@@ -244,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("export", help="write a distilled generator as a folder that mct.load_generator reads")
     common(sp, variant=True)
-    sp.add_argument("--out", required=True, help="output folder (replaced atomically if it is an earlier export)")
+    sp.add_argument("--out", default=None, help="output folder, replaced atomically if it is an earlier export "
+                                                "(default: <results_dir>/<bench>/export/<variant>)")
     sp.set_defaults(func=_cmd_export)
 
     sp = sub.add_parser("report", help="render results/report.html")

@@ -191,24 +191,28 @@ def export_command(raw: dict, ctx, args) -> Path:
     """``mct export``: the run's generator as a self-describing folder (see :mod:`mct.export.folder`)."""
     import datetime
 
-    from ..io import read_json
+    from ..benchmarks.base import get_benchmark, section_of
+    from ..io import is_complete
     from ..provenance import git_info, versions
     from ..records import RunMetrics, read_record
     from .folder import write_export
 
+    bench = get_benchmark(args.bench)
+    run_hash = bench.run_hash(bench.parse(section_of(raw, args.bench), args.variant))
+    if args.out is None:
+        args.out = str(ctx.bench_dir(args.bench) / "export" / args.variant)
+
     run = _load(raw, ctx, args.bench, args.variant)
     mpath = run.run_dir / "metrics.json"
     metrics = record = None
-    if mpath.exists():
-        record = read_json(mpath)
-        if isinstance(record, dict) and "kind" in record:  # a typed record (mct.records)
-            rec = read_record(mpath, RunMetrics)  # refuses another kind or schema version (one line)
-            metrics = {**rec.scores.metrics, "nfe": rec.nfe, "iterations": rec.iterations,
-                       "train_seconds": rec.train_seconds, "num_samples": rec.num_samples}
-        else:  # COORDINATOR: stages that still write a flat dict; drop this branch once all write RunMetrics
-            metrics = {k: v for k, v in record.items() if isinstance(v, (int, float, str, bool)) or v is None}
-    else:
-        log.warning("%s is missing (run `mct evaluate`): the export carries no metrics", mpath)
+    if is_complete(run.run_dir, "evaluate") and read_record(mpath, RunMetrics).provenance.config_hash == run_hash:
+        rec = read_record(mpath, RunMetrics)
+        record = rec.to_dict()
+        metrics = {**rec.scores.metrics, "nfe": rec.nfe, "iterations": rec.iterations,
+                   "train_seconds": rec.train_seconds, "num_samples": rec.num_samples}
+    else:  # never the metrics of other weights: only an evaluation of this config's run is carried
+        log.warning("%s: no complete evaluation of this run under the current config (run `mct evaluate --bench %s "
+                    "--variant %s`): the export carries no metrics", run.run_dir, args.bench, args.variant)
     prov = run.record["provenance"]
     prov.update(git_info())
     prov.update(exported_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

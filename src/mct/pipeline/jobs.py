@@ -191,7 +191,7 @@ class Pipeline:
         self._by_key[(stage, bench, variant)] = job
 
     def _correct_variants(self, bench: str, variants: list[str]) -> tuple[str, ...]:
-        """The MCMC-correction figure is of the main run (the paper's); other variants skip it."""
+        """The MCMC-correction figure and the exported model are of the main run; other variants skip them."""
         wanted = tuple(self.benches[bench].correct_variants)
         chosen = tuple(v for v in variants if v in wanted)
         return chosen or tuple(variants[:1])
@@ -206,13 +206,15 @@ class Pipeline:
             for stage in self.stages_of(bench):
                 if STAGES[stage].scope == "variant":
                     for v in variants:
-                        if stage == "correct" and v not in self._correct_variants(bench, variants):
+                        if stage in ("correct", "export") and v not in self._correct_variants(bench, variants):
                             continue
                         run_ckpt = [self._path("distill", "runs/{variant}/checkpoint.pt", bench, v)]
                         # distill reads the feature network too: its FID-vs-iteration curve (eval_log.csv)
+                        metrics = [self._path("evaluate", "runs/{variant}/metrics.json", bench, v)]
                         deps = {"distill": teacher + clip + features,
                                 "evaluate": run_ckpt + features + clip,
-                                "correct": run_ckpt + teacher + features + clip}[stage]
+                                "correct": run_ckpt + teacher + features + clip,
+                                "export": run_ckpt + metrics + teacher + clip}[stage]
                         params, keys = self._resolved(bench, stage, v)
                         self._add(stage, bench, v, deps, modules, params, keys)
                     continue

@@ -64,6 +64,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("correct", ("correct",), "variant",
           outs=("runs/{variant}/correct/before.png", "runs/{variant}/correct/after.png"),
           metrics=("runs/{variant}/correct/metrics.json",), doc="MCMC correction of one-step samples"),
+    Stage("export", ("export",), "variant", outs=("export/{variant}",), directory=True,
+          doc="the main run's generator as a folder mct.load_generator reads (weights, config, model card)"),
     Stage("summarize", ("summarize",), "bench", outs=("summary.csv",), doc="one row per variant"),
     Stage("bench", ("bench",), "global", outs=("bench",), directory=True,
           doc="sampling speed, EM overhead and memory"),

@@ -116,6 +116,20 @@ def build(inputs: Inputs) -> dict:
                                 "after": images.get(f"{b.name}/runs/{v}/correct/after.png",
                                                     "after: joint MCMC correction, denoised", f"{b.name} {v} after correction")})
         grid = _grids(b, images)
-        if grid or corrections:
-            blocks.append({"name": b.name, "grid": grid, "corrections": corrections})
+        exports = _exports(b, inputs)
+        if grid or corrections or exports:
+            blocks.append({"name": b.name, "grid": grid, "corrections": corrections, "exports": exports})
     return {"benches": blocks}
+
+
+def _exports(b: BenchResults, inputs: Inputs) -> list[dict]:
+    """The exported generators (``mct export``) of this benchmark: links to the folder and its model card."""
+    root = inputs.results.root / b.name / "export"
+    out = []
+    for v in b.variants:
+        card = root / v / "README.md"
+        if (root / v / "config.json").is_file() and card.is_file():
+            rel = lambda p: urllib.parse.quote(Path(os.path.relpath(p.resolve(), inputs.out.parent.resolve())).as_posix())  # noqa: E731
+            out.append({"variant": v, "folder": rel(root / v), "card": rel(card),
+                        "path": f"{b.name}/export/{v}/"})
+    return out
