@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from mct.benchmarks.base import RunContext, get_benchmark
-from mct.benchmarks.digits_text import DEFAULT_TEMPLATES, caption_table, make_caption
+from mct.data.captions import DEFAULT_TEMPLATES, caption_table, make_caption
 from mct.errors import CheckpointError, ConfigError, MCTError
+from mct.training.clip import cond_table
 
 TINY = {
     "clip": {"steps": 100, "batch_size": 128},
@@ -116,7 +117,7 @@ def test_teacher_is_text_conditioned_and_guided(pipeline):
     cfg = bench.parse(section)
     scorer, _ = bench.load_clip(ctx)
     table = bench.stored_cond_table(cfg, ctx)
-    torch.testing.assert_close(table, bench.cond_table(cfg, scorer))  # stored = recomputed from the CLIP
+    torch.testing.assert_close(table, cond_table(scorer, cfg.captions.templates))  # stored = recomputed from the CLIP
     assert table.shape == (10, len(DEFAULT_TEMPLATES), 32)
     torch.testing.assert_close(table.norm(dim=-1), torch.full((10, len(DEFAULT_TEMPLATES)), math.sqrt(32)))
     other = {**section, "captions": {"templates": ["a {word}"]}}

@@ -173,7 +173,7 @@ def test_export_folder_is_self_describing(runs, tmp_path):
 
 def test_digits_text_export_ships_its_text_encoder(runs):
     """Prompts become the same conditions the teacher was trained on (the CLIP stage's table)."""
-    from mct.benchmarks.digits_text import DEFAULT_TEMPLATES, make_caption
+    from mct.data.captions import DEFAULT_TEMPLATES, make_caption
 
     root, _, exports = runs
     g = mct.load_generator(exports["digits-text"])

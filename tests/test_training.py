@@ -129,7 +129,7 @@ def text_stages(tmp_path_factory):
 
 
 def test_clip_training_reproduces_the_digits_text_stage(text_stages):
-    from mct.benchmarks.digits_text import make_caption
+    from mct.data.captions import make_caption
     from mct.metrics.clip import build_clip
     from mct.training.clip import tiny_clip_config, train_clip
 

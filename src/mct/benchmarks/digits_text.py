@@ -33,7 +33,6 @@ instead of 1.12 on the digits features)."""
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -46,92 +45,19 @@ from ..diffusion.samplers import SAMPLERS
 from ..distill.em import EMConfig
 from ..distill.trainer import TrainConfig
 from ..errors import CheckpointError, ConfigError
+from ..data.captions import CaptionConfig, captions_of
+from ..data.digits import DigitsDataConfig
 from ..nets.unet import UNetConfig
+from ..training.clip import TinyClipConfig
 from .base import Parts, RunContext
 from .images import ImageBenchmark
 
 log = logging.getLogger(__name__)
 
-WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-DEFAULT_TEMPLATES = ("a handwritten {word}", "the digit {digit}", "a drawing of the number {word}",
-                     "handwritten digit {digit}", "the number {word}", "a scribbled {word}")
 CLIP_FORMAT = "mct-clip-v1"
 
 
-def make_caption(label: int, template: str) -> str:
-    return template.format(word=WORDS[int(label)], digit=int(label))
-
-
-def caption_table(templates: tuple[str, ...], num_classes: int = 10) -> list[list[str]]:
-    """captions[label][template index]."""
-    return [[make_caption(c, t) for t in templates] for c in range(num_classes)]
-
-
 # ----------------------------------------------------------------------------- config
-
-
-@dataclass(frozen=True)
-class DTDataConfig:
-    """The image set (must match the one the digits feature network was trained on) and its
-    fixed stratified train / held-out split (held-out = the FID reference)."""
-
-    source: str = "sklearn-digits"
-    heldout_fraction: float = 0.25
-    split_seed: int = 0
-
-    def __post_init__(self):
-        from ..data.digits import SOURCES
-
-        if self.source not in SOURCES:
-            raise ConfigError(f"source must be one of {', '.join(SOURCES)}, got {self.source!r}")
-        if not 0 < self.heldout_fraction < 1:
-            raise ConfigError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
-
-
-@dataclass(frozen=True)
-class CaptionConfig:
-    """Caption templates; ``{word}`` is the digit's name, ``{digit}`` its numeral."""
-
-    templates: tuple[str, ...] = DEFAULT_TEMPLATES
-
-    def __post_init__(self):
-        if not self.templates:
-            raise ConfigError("templates must not be empty")
-        for t in self.templates:
-            if "{word}" not in t and "{digit}" not in t:
-                raise ConfigError(f"template {t!r} names no digit (use {{word}} or {{digit}})")
-            try:
-                make_caption(7, t)
-            except (KeyError, IndexError, ValueError) as exc:
-                raise ConfigError(f"template {t!r} is not a valid format string: {exc}") from None
-
-
-@dataclass(frozen=True)
-class DTClipConfig:
-    """The tiny open_clip model (ViT image tower, transformer text tower) and its contrastive
-    training. In-batch pairs with the same digit count as positives (soft targets)."""
-
-    embed_dim: int = 32
-    vision_width: int = 64
-    vision_layers: int = 1
-    patch_size: int = 4
-    text_width: int = 32
-    text_layers: int = 1
-    heads: int = 2
-    context_length: int = 12
-    steps: int = 200
-    batch_size: int = 128
-    lr: float = 5e-3
-    weight_decay: float = 0.1
-    seed: int = 0
-
-    def __post_init__(self):
-        for name in ("embed_dim", "vision_width", "vision_layers", "patch_size", "text_width", "text_layers",
-                     "heads", "context_length", "steps", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0 or self.weight_decay < 0:
-            raise ConfigError("lr must be > 0 and weight_decay >= 0")
 
 
 @dataclass(frozen=True)
@@ -206,9 +132,9 @@ class DigitsTextConfig:
     ``init``: 'teacher' (copies) or 'random'. ``num_threads``: torch CPU threads of each stage
     (0 = torch's default; 1 suits these tiny networks and jobs that run side by side)."""
 
-    data: DTDataConfig = field(default_factory=DTDataConfig)
+    data: DigitsDataConfig = field(default_factory=DigitsDataConfig)
     captions: CaptionConfig = field(default_factory=CaptionConfig)
-    clip: DTClipConfig = field(default_factory=DTClipConfig)
+    clip: TinyClipConfig = field(default_factory=TinyClipConfig)
     teacher: DTTeacherConfig = field(default_factory=DTTeacherConfig)
     sigma_g: float = 2.5
     init: str = "teacher"
@@ -245,7 +171,7 @@ class DigitsText(ImageBenchmark):
     def split(self, cfg: DigitsTextConfig):
         from ..data.digits import load_split
 
-        return load_split(cfg.data.source, cfg.data.heldout_fraction, cfg.data.split_seed)
+        return load_split(cfg.data.resolve(self.name), cfg.data.heldout_fraction, cfg.data.split_seed)
 
     def clip_path(self, ctx: RunContext) -> Path:
         return ctx.bench_dir(self.name) / "clip" / "checkpoint.pt"
@@ -276,18 +202,6 @@ class DigitsText(ImageBenchmark):
         model.requires_grad_(False)
         return ClipScorer(model, tokenizer, device=ctx.device, batch_size=512), state
 
-    @staticmethod
-    def text_cond(scorer, captions) -> Tensor:
-        """The teacher's conditioning: the CLIP text embedding, unit norm, scaled by sqrt(dim)."""
-        f = scorer.text_features(captions)
-        return f * math.sqrt(f.shape[1])
-
-    def cond_table(self, cfg: DigitsTextConfig, scorer, num_classes: int = 10) -> Tensor:
-        """Conditioning vectors of every (label, template) caption: (classes, templates, dim)."""
-        caps = caption_table(cfg.captions.templates, num_classes)
-        flat = self.text_cond(scorer, [c for row in caps for c in row])
-        return flat.reshape(num_classes, len(cfg.captions.templates), -1)
-
     def stored_cond_table(self, cfg: DigitsTextConfig, ctx: RunContext) -> Tensor:
         """The conditioning table the CLIP stage computed and stored (the teacher and the
         distillation read it from there, without building the CLIP model)."""
@@ -303,83 +217,39 @@ class DigitsText(ImageBenchmark):
 
     def eval_captions(self, cfg: DigitsTextConfig, n: int) -> tuple[Tensor, list[str]]:
         """Template index and caption of each evaluation sample: balanced labels, cycled templates."""
-        labels = self.eval_labels(cfg, n)
         tmpl = (torch.arange(n) // self.num_classes) % len(cfg.captions.templates)
-        return tmpl, [make_caption(int(c), cfg.captions.templates[int(t)]) for c, t in zip(labels, tmpl)]
+        return tmpl, captions_of(self.eval_labels(cfg, n), tmpl, cfg.captions.templates)
 
-    def clip(self, section: dict, ctx: RunContext) -> dict:
-        import time
-
+    def clip(self, section: dict, ctx: RunContext):
+        """Train the tiny CLIP -> clip/{checkpoint.pt (weights, config, the conditioning table),
+        open_clip's local-dir files, train_log.csv, metrics.json (real-image CLIP score: the ceiling)}."""
         from ..config import config_hash, to_dict
         from ..io import ensure_writable_dir, stage_outputs, torch_save, write_csv
-        from ..metrics.clip import ClipScorer, build_clip
+        from ..metrics.clip import caption_scores
         from ..records import AuxMetrics, provenance
-        from ..training.clip import save_clip, tiny_clip_config, train_clip
+        from ..training.clip import cond_table, save_clip, train_caption_clip
 
         cfg = self.setup(section)
-        c = cfg.clip
-        split = self.split(cfg)
-        res = split.train.shape[-1]
-        if res % c.patch_size:
-            raise ConfigError(f"benchmarks.{self.name}.clip.patch_size {c.patch_size} does not divide "
-                              f"the image size {res}")
+        split, templates = self.split(cfg), cfg.captions.templates
+        run = train_caption_clip(cfg.clip, split, templates, device=ctx.device, progress=ctx.progress)
+        table = cond_table(run.scorer, templates, self.num_classes)
+        metrics = {**caption_scores(run.scorer, split.heldout.images, split.heldout.labels, templates, table),
+                   "steps": cfg.clip.steps, "params": sum(p.numel() for p in run.model.parameters())}
+        if run.logs:
+            metrics["final_loss"] = run.logs[-1]["loss"]
+        log.info("digits-text CLIP: zero-shot accuracy %.3f, real-image CLIP score %.2f (mismatched captions %.2f)",
+                 metrics["zero_shot_accuracy"], metrics["clip_score_real"], metrics["clip_score_mismatched"])
         out_dir = ensure_writable_dir(ctx.bench_dir(self.name) / "clip")
-        torch.manual_seed(c.seed)
-        config = tiny_clip_config(res, embed_dim=c.embed_dim, vision_width=c.vision_width,
-                                  vision_layers=c.vision_layers, patch_size=c.patch_size, text_width=c.text_width,
-                                  text_layers=c.text_layers, heads=c.heads, context_length=c.context_length)
-        model, tokenizer = build_clip(config, device=ctx.device)
-        templates = cfg.captions.templates
-        train_labels = split.train.labels
-
-        def captions_for(idx: Tensor, rng: torch.Generator) -> list[str]:
-            t = torch.randint(0, len(templates), (idx.numel(),), generator=rng)
-            return [make_caption(int(train_labels[i]), templates[int(j)]) for i, j in zip(idx, t)]
-
-        t0 = time.perf_counter()
-        logs = train_clip(model, tokenizer, split.train.images, captions_for, steps=c.steps,
-                          batch_size=min(c.batch_size, len(split.train)), lr=c.lr, weight_decay=c.weight_decay,
-                          seed=c.seed, progress=ctx.progress, labels=train_labels)
-        seconds = time.perf_counter() - t0
-        model.requires_grad_(False)
-        scorer = ClipScorer(model, tokenizer, device=ctx.device, batch_size=512)
-        metrics = self._clip_metrics(cfg, scorer, split.heldout.images, split.heldout.labels)
-        metrics.update(steps=c.steps, params=sum(p.numel() for p in model.parameters()))
-        if logs:
-            metrics["final_loss"] = logs[-1]["loss"]
-        log.info("digits-text CLIP: zero-shot accuracy %.3f, real-image CLIP score %.2f (mismatched captions %.2f), "
-                 "%.1f s", metrics["zero_shot_accuracy"], metrics["clip_score_real"], metrics["clip_score_mismatched"],
-                 seconds)
         with stage_outputs(out_dir, "clip") as out:
-            save_clip(model, config, out_dir)  # open_clip's local-dir layout (load_clip_scorer('local-dir:...'))
+            save_clip(run.model, run.config, out_dir)  # open_clip's local-dir layout ('local-dir:...')
             torch_save(out.path("checkpoint.pt"), {
-                "format": CLIP_FORMAT, "config": config, "templates": list(templates), "metrics": metrics,
-                "state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                "cond_table": self.cond_table(cfg, scorer).cpu()})
-            write_csv(out.path("train_log.csv"), logs)
-            rec = AuxMetrics(bench=self.name, net="clip", metrics=metrics, train_seconds=round(seconds, 3),
-                             provenance=provenance(config_hash(to_dict(c))))
+                "format": CLIP_FORMAT, "config": run.config, "templates": list(templates), "metrics": metrics,
+                "state": {k: v.detach().cpu() for k, v in run.model.state_dict().items()}, "cond_table": table.cpu()})
+            write_csv(out.path("train_log.csv"), run.logs)
+            rec = AuxMetrics(bench=self.name, net="clip", metrics=metrics, train_seconds=run.seconds,
+                             provenance=provenance(config_hash(to_dict(cfg.clip))))
             self.write_record(out.path("metrics.json"), rec)
         return rec
-
-    def _clip_metrics(self, cfg: DigitsTextConfig, scorer, images: Tensor, labels: Tensor) -> dict:
-        """CLIP score of real held-out images with captions of their digit (the ceiling), with
-        captions of another digit (mismatched: the floor), and zero-shot classification accuracy."""
-        from ..metrics.clip import clip_score
-
-        templates = cfg.captions.templates
-        tmpl = torch.arange(labels.numel()) % len(templates)
-        caps = [make_caption(int(c), templates[int(t)]) for c, t in zip(labels, tmpl)]
-        wrong = (labels + 1 + torch.arange(labels.numel()) % 9) % 10
-        caps_wrong = [make_caption(int(c), templates[int(t)]) for c, t in zip(wrong, tmpl)]
-        real = clip_score(scorer, images, caps)
-        mismatched = clip_score(scorer, images, caps_wrong)
-        img_f = scorer.image_features(images)
-        table = F_normalize(self.cond_table(cfg, scorer).mean(1))
-        acc = float(((img_f @ table.t().to(img_f.device)).argmax(1).cpu() == labels).double().mean())
-        return {"clip_score_real": real["clip_score"], "clip_score_real_fraction": real["clip_score_fraction"],
-                "clip_score_mismatched": mismatched["clip_score"], "zero_shot_accuracy": acc,
-                "num_heldout": int(labels.numel())}
 
     # ------------------------------------------------------------------ teacher
 
@@ -414,13 +284,13 @@ class DigitsText(ImageBenchmark):
                              expect={"cond_dim": dim, "in_channels": c, "img_resolution": h})
 
     def guided(self, cfg: DigitsTextConfig, net):
+        """The teacher with classifier-free guidance; the null condition is the zero embedding."""
         from ..teachers.base import GuidedDenoiser
 
-        null = torch.zeros(self.stored_cond_table(cfg, ctx=self._ctx).shape[-1])
+        null = torch.zeros(net.model.arch()["cond_dim"])
         return GuidedDenoiser(net, cfg.teacher.guidance, null).to(next(net.parameters()).device)
 
     def teacher_for_eval(self, cfg: DigitsTextConfig, ctx: RunContext):
-        self._ctx = ctx
         net, arch = self.teacher_net(cfg, ctx)
         return self.guided(cfg, net), arch
 
@@ -436,7 +306,7 @@ class DigitsText(ImageBenchmark):
     def build(self, cfg: DigitsTextConfig, ctx: RunContext) -> Parts:
         from ..distill.init import init_networks
 
-        net, arch = self.teacher_for_eval(cfg, ctx)[0].denoiser, self.teacher_net(cfg, ctx)[1]
+        net, arch = self.teacher_net(cfg, ctx)
         record = {"teacher": arch, "sigma_g": cfg.sigma_g}
         generator, student = init_networks(net, record, cfg.init, seed=cfg.train.seed + 1)
         return Parts(self.guided(cfg, net), generator, student, record)
@@ -459,9 +329,9 @@ class DigitsText(ImageBenchmark):
 
         return sample_latents
 
-    def eval_latents(self, cfg: DigitsTextConfig, n: int, rng, device):
+    def eval_latents(self, cfg: DigitsTextConfig, ctx: RunContext, n: int, rng, device):
         """Latents drawn batch by batch (as the evaluation always drew them) and the caption embeddings."""
-        table = self.stored_cond_table(cfg, self._ctx)
+        table = self.stored_cond_table(cfg, ctx)
         shape, bs = tuple(self.split(cfg).train.shape), cfg.eval.batch_size
         labels, (tmpl, _) = self.eval_labels(cfg, n), self.eval_captions(cfg, n)
         z = torch.cat([torch.randn((min(bs, n - i),) + shape, generator=rng) for i in range(0, n, bs)])
@@ -494,22 +364,6 @@ class DigitsText(ImageBenchmark):
         if clip_json.exists():
             metrics["clip_score_real"] = read_record(clip_json, AuxMetrics).metrics.get("clip_score_real")
         return metrics
-
-    def distill(self, section: dict, ctx: RunContext, variant: str, **kw) -> dict:
-        self._ctx = ctx
-        return super().distill(section, ctx, variant, **kw)
-
-    def evaluate(self, section: dict, ctx: RunContext, variant: str) -> dict:
-        self._ctx = ctx
-        return super().evaluate(section, ctx, variant)
-
-    def teacher_eval(self, section: dict, ctx: RunContext) -> dict:
-        self._ctx = ctx
-        return super().teacher_eval(section, ctx)
-
-
-def F_normalize(x: Tensor) -> Tensor:
-    return torch.nn.functional.normalize(x, dim=-1)
 
 
 def get_benchmark(name: str = "digits-text") -> DigitsText:

@@ -79,7 +79,7 @@ class ImageBenchmark(Benchmark):
             rows, images = [], None
             for nfe in self.teacher_nfes(cfg):
                 rng = torch.Generator(device=device).manual_seed(cfg.eval.seed)
-                z, cond = self.eval_latents(cfg, n, rng, device)
+                z, cond = self.eval_latents(cfg, ctx, n, rng, device)
                 t0 = time.perf_counter()
                 images, measured = sample_at_nfe(teacher, z, nfe, cond, batch_size=bs, progress=ctx.progress, **sampler)
                 seconds = round(time.perf_counter() - t0, 3)
@@ -90,7 +90,7 @@ class ImageBenchmark(Benchmark):
                     f"{k} {m.get(k):.4g}" for k in self.summary_metrics[:3] if m.get(k) is not None))
             self.grid(out.path("samples.png"), images, self.eval_labels(cfg, n), cfg)
             rng = torch.Generator(device=device).manual_seed(cfg.eval.seed)
-            z, cond = self.eval_latents(cfg, n, rng, device)
+            z, cond = self.eval_latents(cfg, ctx, n, rng, device)
             with torch.no_grad():
                 guess = OneStepGenerator(teacher, cfg.sigma_g)
                 x = torch.cat([guess(z[i:i + bs], None if cond is None else cond[i:i + bs]) for i in range(0, n, bs)])
@@ -132,7 +132,7 @@ class ImageBenchmark(Benchmark):
         parts.student.to(device).eval().requires_grad_(False)
         with stage_outputs(ctx.run_dir(self.name, variant) / "correct", "correct", self.run_hash(cfg)) as out:
             rng = torch.Generator(device=device).manual_seed(cc.seed)
-            z, cond = self.eval_latents(cfg, cc.num_samples, rng, device)
+            z, cond = self.eval_latents(cfg, ctx, cc.num_samples, rng, device)
             t0 = time.perf_counter()
             with tqdm(total=cc.steps, disable=not ctx.progress, desc=f"{self.name} correct", dynamic_ncols=True) as bar:
                 res = mcmc_correct(generator, parts.teacher, parts.student, z, cond, cc, rng, on_chunk=bar.update)

