@@ -30,7 +30,7 @@ from ..distill.trainer import TrainConfig
 from ..errors import ConfigError
 from ..nets.unet import UNetConfig
 from ..training.classifier import FeaturesConfig
-from .base import Parts, RunContext
+from .base import RunContext
 from .images import ImageBenchmark
 
 log = logging.getLogger(__name__)
@@ -200,19 +200,6 @@ class Digits(ImageBenchmark):
         return {"sampler": "heun", "sigma_min": t.sigma_min, "sigma_max": t.sigma_max, "rho": t.rho}
 
     # ---- distillation hooks
-
-    def build(self, cfg: DigitsConfig, ctx: RunContext) -> Parts:
-        from ..distill.init import init_networks
-
-        net, arch = self.teacher_net(cfg, ctx)
-        record = {"teacher": arch, "sigma_g": cfg.sigma_g}
-        generator, student = init_networks(net, record, cfg.init, seed=cfg.train.seed + 1)
-        return Parts(self.guided(cfg, net), generator, student, record)
-
-    def generator_from_record(self, cfg: DigitsConfig, ctx: RunContext, record: dict):
-        from ..distill.init import generator_from_record
-
-        return generator_from_record(record)
 
     def condition(self, cfg: DigitsConfig, labels: Tensor) -> Tensor:
         """Class labels, or the null label everywhere when the run distils the unconditional branch."""

@@ -49,7 +49,7 @@ from ..data.captions import CaptionConfig, captions_of
 from ..data.digits import DigitsDataConfig
 from ..nets.unet import UNetConfig
 from ..training.clip import TinyClipConfig
-from .base import Parts, RunContext
+from .base import RunContext
 from .images import ImageBenchmark
 
 log = logging.getLogger(__name__)
@@ -302,19 +302,6 @@ class DigitsText(ImageBenchmark):
         return {"sampler": ev.teacher_sampler, "sigma_min": ev.sigma_min, "sigma_max": ev.sigma_max, "rho": ev.rho}
 
     # ------------------------------------------------------------------ distillation hooks
-
-    def build(self, cfg: DigitsTextConfig, ctx: RunContext) -> Parts:
-        from ..distill.init import init_networks
-
-        net, arch = self.teacher_net(cfg, ctx)
-        record = {"teacher": arch, "sigma_g": cfg.sigma_g}
-        generator, student = init_networks(net, record, cfg.init, seed=cfg.train.seed + 1)
-        return Parts(self.guided(cfg, net), generator, student, record)
-
-    def generator_from_record(self, cfg: DigitsTextConfig, ctx: RunContext, record: dict):
-        from ..distill.init import generator_from_record
-
-        return generator_from_record(record)
 
     def latent_sampler(self, cfg: DigitsTextConfig, ctx: RunContext):
         table = self.stored_cond_table(cfg, ctx)

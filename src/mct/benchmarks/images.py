@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ..errors import MCTError
 from ..io import ensure_writable_dir, save_image_grid
-from .base import Benchmark, RunContext
+from .base import Benchmark, Parts, RunContext
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,29 @@ class ImageBenchmark(Benchmark):
 
     def teacher_dir(self, ctx: RunContext) -> Path:
         return ctx.bench_dir(self.name) / "teacher"
+
+    def teacher_net(self, cfg, ctx: RunContext):
+        """(the trained teacher's EMA network, frozen; its architecture record from the registry)."""
+        raise NotImplementedError
+
+    def guided(self, cfg, net):
+        """The teacher as distilled and sampled (classifier-free guidance applied)."""
+        raise NotImplementedError
+
+    def build(self, cfg, ctx: RunContext) -> Parts:
+        """Generator and student score start as copies of the teacher's network (or, with ``init:
+        random``, its architecture seeded by train.seed + 1); the teacher is distilled guided."""
+        from ..distill.init import init_networks
+
+        net, arch = self.teacher_net(cfg, ctx)
+        record = {"teacher": arch, "sigma_g": cfg.sigma_g}
+        generator, student = init_networks(net, record, cfg.init, seed=cfg.train.seed + 1)
+        return Parts(self.guided(cfg, net), generator, student, record)
+
+    def generator_from_record(self, cfg, ctx: RunContext, record: dict):
+        from ..distill.init import generator_from_record
+
+        return generator_from_record(record)
 
     # ------------------------------------------------------------------ written once
 
