@@ -111,7 +111,11 @@ def test_toy2d_jobs_follow_the_results_layout():
     variants = list(raw["benchmarks"]["toy2d"]["variants"])
     toy = {j.name: j for j in p.jobs if j.bench == "toy2d"}
     assert set(toy) == ({f"distill_toy2d_{v}" for v in variants} | {f"evaluate_toy2d_{v}" for v in variants}
-                        | {"summarize_toy2d"})
+                        | {"summarize_toy2d", "export_toy2d_mct"})
+    x = toy["export_toy2d_mct"]  # the main run only, after its evaluation (the export carries its metrics)
+    assert x.outs == (f"{rd}/toy2d/export/mct",) and set(x.deps) == {f"{rd}/toy2d/runs/mct/checkpoint.pt",
+                                                                       f"{rd}/toy2d/runs/mct/metrics.json"}
+    assert x.cmd == ("mct", "export", "--config", "config/quick.yaml", "--bench", "toy2d", "--variant", "mct")
     for v in variants:
         d, e = toy[f"distill_toy2d_{v}"], toy[f"evaluate_toy2d_{v}"]
         run = f"{rd}/toy2d/runs/{v}"

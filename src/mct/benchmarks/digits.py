@@ -149,7 +149,7 @@ class DigitsConfig:
 
 class Digits(ImageBenchmark):
     config_cls = DigitsConfig
-    stages = ("teacher_train", "teacher_eval", "features", "distill", "evaluate", "correct", "export", "summarize")
+    stages = ("teacher_train", "teacher_eval", "features", "distill", "evaluate", "correct", "summarize")
     summary_metrics = ("fid", "kid_mean", "kid_std", "precision", "recall", "f_score", "class_accuracy",
                        "class_entropy", "class_kl_uniform", "classes_covered", "mstep_grad_var",
                        "mstep_grad_var_nc", "mstep_grad_var_no_nc")

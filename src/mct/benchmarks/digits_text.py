@@ -158,7 +158,7 @@ class DigitsTextConfig:
 class DigitsText(ImageBenchmark):
     name = "digits-text"
     config_cls = DigitsTextConfig
-    stages = ("clip", "teacher_train", "teacher_eval", "distill", "evaluate", "export", "summarize")
+    stages = ("clip", "teacher_train", "teacher_eval", "distill", "evaluate", "summarize")
     uses = {"features": "digits"}
     stage_params = {"clip": ("data", "captions", "clip"),
                     "teacher_train": ("data", "captions", "clip", "teacher"),

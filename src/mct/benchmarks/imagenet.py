@@ -209,7 +209,7 @@ def _link(link: Path, target: Path) -> None:
 
 class ImageNet(Benchmark):
     config_cls = ImageNetConfig
-    stages = ("teacher_fetch", "teacher_eval", "distill", "evaluate", "export", "summarize")
+    stages = ("teacher_fetch", "teacher_eval", "distill", "evaluate", "summarize")
     summary_metrics = ("fid", "fid_mean", "fid_seeds", "num_samples")
 
     def __init__(self, name: str):

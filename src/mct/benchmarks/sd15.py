@@ -166,7 +166,7 @@ def _load_prompts(path: str, n: Optional[int], seed: int) -> list[str]:
 class SD15(Benchmark):
     name = "sd15"
     config_cls = SD15Config
-    stages = ("teacher_fetch", "teacher_eval", "distill", "evaluate", "export", "summarize")
+    stages = ("teacher_fetch", "teacher_eval", "distill", "evaluate", "summarize")
     untrained_keys = Benchmark.untrained_keys + ("gradient_checkpointing",)
     summary_metrics = ("fid", "clip_score", "num_samples")
 

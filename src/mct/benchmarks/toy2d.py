@@ -112,7 +112,7 @@ class Toy2DConfig:
 class Toy2D(Benchmark):
     name = "toy2d"
     config_cls = Toy2DConfig
-    stages = ("distill", "evaluate", "export", "summarize")
+    stages = ("distill", "evaluate", "summarize")
     summary_metrics = ("mode_mass_tv", "modes_covered", "mean_true_logpdf", "energy_distance")
 
     @staticmethod

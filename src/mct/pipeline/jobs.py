@@ -116,6 +116,8 @@ class Pipeline:
         if unknown:
             raise MCTError(f"benchmark {bench} declares unknown stage(s) {', '.join(unknown)} "
                            f"(the stage table has {', '.join(BENCH_STAGES)})")
+        if "evaluate" in declared:  # every distilled benchmark's main run is exported (`mct export`)
+            declared += ("export",)
         return tuple(s for s in BENCH_STAGES if s in declared)
 
     def has(self, stage: str, bench: str) -> bool:
