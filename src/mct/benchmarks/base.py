@@ -220,7 +220,11 @@ class Benchmark:
         if not path.exists():
             raise MCTError(f"{path} does not exist: run `{cmd}` first")
         state = read_for_eval(path, weights)
-        got = (state.get("config") or {}).get("run_hash")
+        record = state.get("config") or {}
+        if record.get("bench") != self.name or record.get("variant") != variant:
+            raise MCTError(f"{path} was trained as {record.get('bench')}/{record.get('variant')}, not "
+                           f"{self.name}/{variant} (a copied checkpoint?); rerun `{cmd} --no-resume`")
+        got = record.get("run_hash")
         if got != self.run_hash(cfg):
             raise MCTError(f"{path} was trained under another config than {self.name}/{variant} has now "
                            f"(run hash {got} != {self.run_hash(cfg)}); rerun `{cmd} --no-resume`")
