@@ -454,11 +454,7 @@ def test_snakemake_quick_run_end_to_end_then_nothing_to_do(tmp_path):
     # --use-conda without conda: exactly one warning, then the run in this environment
     assert out.count("neither conda nor mamba is on PATH") == 1, out[-3000:]
     assert "Traceback" not in out
-    # under 3 minutes: the wall clock where the machine was ours, and always the CPU time the
-    # run used spread over the cores (what the wall clock is at best; load from others aside)
-    assert cpu / cores < 180, f"the quick run used {cpu:.0f} CPU s on {cores} cores: over 3 minutes even when idle"
-    if idle:
-        assert wall < 180, f"the quick run took {wall:.0f} s (limit 180 s)"
+    # the time is printed, not asserted: timings belong to `mct bench`, not to a test
     p = Pipeline("config/quick.yaml", raw=load_yaml(repo / "config/quick.yaml"), base=repo)
     for f in p.targets():
         assert (repo / f).exists(), f"{f} was not made"
