@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
-import re
 from pathlib import Path
 
 import pytest
@@ -27,6 +25,7 @@ from mct.config import deep_merge
 from mct.distill.em import EMConfig, e_step, em_generator_loss, m_step_loss
 from mct.distill.trainer import distill
 from mct.nets.mlp import MLPGenerator, mlp_denoiser
+from mct.records import BenchRecord, read_record
 from mct.teachers import ring_gmm
 
 TOY_SECTION = {
@@ -50,63 +49,39 @@ def write_config(tmp: Path, benchmarks: dict, bench: dict | None = None) -> tupl
     return path, results
 
 
-def documented_keys() -> set[str]:
-    """Identifiers written inside ``...`` in the module doc (keys, or records of keys)."""
-    return {w for span in re.findall(r"``(.+?)``", B.__doc__, flags=re.S) for w in re.findall(r"[A-Za-z_]\w*", span)}
-
-
-def test_toy2d_bench_json(tmp_path):
+def test_toy2d_bench_record(tmp_path):
     cfg, results = write_config(tmp_path, {"toy2d": TOY_SECTION})
     threads = torch.get_num_threads()
     assert main(["bench", "--config", str(cfg)]) == 0
     assert torch.get_num_threads() == threads  # restored
-    r = json.loads((results / "bench" / "toy2d.json").read_text())
     assert sorted(p.name for p in (results / "bench").iterdir()) == ["toy2d.json"]
+    r = read_record(results / "bench" / "toy2d.json", BenchRecord)  # the record the report reads
 
-    # every key the report may read is documented in the module doc
-    def keys(obj):
-        if isinstance(obj, dict):
-            for k, v in obj.items():
-                yield k
-                if k not in ("passes_ms", "passes_count", "per_sample_bytes", "peak_bytes", "weights"):
-                    yield from keys(v)
-        elif isinstance(obj, list):
-            for v in obj:
-                yield from keys(v)
-    undocumented = set(keys(r)) - documented_keys()
-    assert not undocumented, undocumented
+    assert r.bench == "toy2d" and r.device == "cpu" and r.num_threads == 1 and r.batch_size == 32
+    assert r.weights == {"teacher": "analytic", "generator": "random", "student": "random"}
+    assert r.same_network is False
 
-    assert r["bench"] == "toy2d" and r["device"] == "cpu" and r["num_threads"] == 1 and r["batch_size"] == 32
-    assert r["weights"] == {"teacher": "analytic", "generator": "random", "student": "random"}
-    assert r["networks"]["data_shape"] == [2] and r["networks"]["same_network"] is False
-
-    s = r["sampling"]
-    assert s["student"]["nfe"] == 1 and s["student"]["images_per_s"] > 0
-    assert [t["nfe"] for t in s["teacher"]] == [3, 5]
-    for t in s["teacher"]:
-        assert t["measured_nfe"] == t["nfe"] and t["steps"] == (t["nfe"] + 1) // 2
+    assert r.student.nfe == 1 and r.student.images_per_s > 0
+    assert [t.nfe for t in r.teacher] == [3, 5]
+    for t in r.teacher:
+        assert t.measured_nfe == t.nfe
         # speedup is stored rounded to 3 decimals (and images/s to 1): allow that rounding, no more
-        assert t["speedup"] == pytest.approx(s["student"]["images_per_s"] / t["images_per_s"], rel=1e-3, abs=6e-4)
-        assert t["speedup_over_nfe_ratio"] == pytest.approx(t["speedup"] / t["nfe"], abs=2e-3)
-        assert t["target_met"] == (t["speedup"] >= B.SPEEDUP_TARGET * t["nfe"])
-    assert s["target_applies"] is False
+        assert t.speedup == pytest.approx(r.student.images_per_s / t.images_per_s, rel=1e-3, abs=6e-4)
+        assert t.target_met == (t.speedup >= B.SPEEDUP_TARGET * t.nfe)
 
-    e = r["em_overhead"]
-    assert e["K"] == 2 and e["passes_count"] == {"teacher_forward": 2, "student_forward": 2, "generator_vjp": 2,
-                                                 "m_step": 1, "score_step": 1}
-    assert all(v > 0 for v in e["passes_ms"].values())
-    assert e["passes_sum_ms"] == pytest.approx(sum(e["passes_count"][k] * v for k, v in e["passes_ms"].items()),
-                                               rel=1e-3)
-    low, high = e["overhead_ratio_range"]
-    assert 0 < low <= e["overhead_ratio"] <= high  # the median over windows
-    # windows of log_every iterations after one warm-up window: max(3, repeats) of them
-    assert e["iteration_windows"] == 3 and e["log_every"] == 1 and e["iteration_ms"] > 0
-    assert e["target_met"] == (e["overhead_ratio"] <= B.OVERHEAD_TARGET)
+    e = r.em
+    assert e.K == 2 and e.passes_count == {"teacher_forward": 2, "student_forward": 2, "generator_vjp": 2,
+                                           "m_step": 1, "score_step": 1}
+    assert all(v > 0 for v in e.passes_ms.values())
+    assert e.passes_sum_ms == pytest.approx(sum(e.passes_count[k] * v for k, v in e.passes_ms.items()), rel=1e-3)
+    low, high = e.overhead_ratio_range
+    assert 0 < low <= e.overhead_ratio <= high  # the median over windows
+    assert e.iteration_ms > 0 and e.target_met == (e.overhead_ratio <= B.OVERHEAD_TARGET)
 
-    m = r["memory"]
-    assert "VmHWM" in m["method"] and m["batch_sizes"] == [16, 32]
-    assert set(m["per_sample_bytes"]) == {"student_sampling", "teacher_sampling", "em_iteration"}
-    assert all(v >= 0 for v in m["peak_bytes"].values())
+    m = r.memory
+    assert "VmHWM" in m.method and m.batch_sizes == [16, 32]
+    assert set(m.per_sample_bytes) == {"student_sampling", "teacher_sampling", "em_iteration"}
+    assert all(v >= 0 for v in m.peak_bytes.values())
 
 
 def test_trained_weights_are_measured_when_present(tmp_path):
@@ -133,26 +108,24 @@ def test_digits_unet_bench(tmp_path):
     cfg, results = write_config(tmp_path, {"digits": section},
                                 {"repeats": 1, "warmup": 0, "min_seconds": 0.0, "batch_size": 64})
     assert main(["bench", "--config", str(cfg), "--bench", "digits"]) == 0
-    r = json.loads((results / "bench" / "digits.json").read_text())
-    assert r["weights"] == {"teacher": "random", "generator": "random", "student": "random"}
-    n = r["networks"]
-    assert n["same_network"] is True and n["data_shape"] == [1, 8, 8]
-    assert n["teacher_params"] == n["generator_params"] == n["student_params"] > 0
-    (t,) = r["sampling"]["teacher"]
+    r = read_record(results / "bench" / "digits.json", BenchRecord)
+    assert r.weights == {"teacher": "random", "generator": "random", "student": "random"}
+    assert r.same_network is True
+    (t,) = r.teacher
     # the benchmark's own eval_nfe, counted by wrapping the teacher (not assumed): Heun with
     # 3 steps = 2 x 3 - 1 network passes
-    assert t["nfe"] == t["measured_nfe"] == 5 and t["steps"] == 3
-    assert t["batch_size"] == r["sampling"]["student"]["batch_size"] == r["batch_size"] == 64
-    assert r["em_overhead"]["passes_count"] == {"teacher_forward": 1, "student_forward": 1, "generator_vjp": 0,
-                                                "m_step": 1, "score_step": 1}  # gamma_z = 0: z frozen
-    assert r["em_overhead"]["passes_ms"]["generator_vjp"] == 0
-    m = r["memory"]
-    assert m["batch_sizes"] == [32, 64] and m["teacher_nfe"] == 5
-    peak = m["peak_bytes"]
+    assert t.nfe == t.measured_nfe == 5
+    assert t.batch_size == r.student.batch_size == r.batch_size == 64
+    assert r.em.passes_count == {"teacher_forward": 1, "student_forward": 1, "generator_vjp": 0,
+                                 "m_step": 1, "score_step": 1}  # gamma_z = 0: z frozen
+    assert r.em.passes_ms["generator_vjp"] == 0
+    m = r.memory
+    assert m.batch_sizes == [32, 64]
+    peak = m.peak_bytes
     # one EM iteration keeps the generator's activations for its backward pass (and the
     # student's for the DSM update): more than a no-grad forward pass of the same network
     assert 0 < peak["student_sampling"] < peak["em_iteration"]
-    assert m["per_sample_bytes"]["em_iteration"] > 0
+    assert m.per_sample_bytes["em_iteration"] > 0
 
 
 def test_bench_times_the_trainers_own_step(tmp_path):
@@ -181,8 +154,8 @@ def test_bench_times_the_trainers_own_step(tmp_path):
 def test_paper_scale_networks_are_skipped_on_cpu(tmp_path):
     cfg, results = write_config(tmp_path, {"imagenet64": {"lock_file": str(tmp_path / "lock.yaml")}})
     assert main(["bench", "--config", str(cfg)]) == 0
-    r = json.loads((results / "bench" / "imagenet64.json").read_text())
-    assert r["device"] == "cpu" and "GPU" in r["skipped"] and "sampling" not in r
+    r = read_record(results / "bench" / "imagenet64.json", BenchRecord)
+    assert r.device == "cpu" and "GPU" in r.skipped and r.student is None and r.em is None
 
 
 def test_imagenet_setup_measures_the_teacher_architecture(tmp_path):

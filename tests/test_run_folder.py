@@ -143,3 +143,22 @@ def test_a_second_writer_is_refused_while_the_first_runs(tmp_path, capsys):
     short = write(tmp_path, TOY)
     assert run(short, "distill", "--variant", "mct", "--no-resume") == 0
     assert (run_dir / "checkpoint.pt").exists() and not (run_dir / ".mct-lock.pid").exists()
+
+
+@pytest.mark.parametrize("bench,section,same,other", [
+    # the digits-text teacher is conditioned on the CLIP's text tower: a CLIP change is a new run
+    ("digits-text", {}, {"eval": {"num_samples": 50}}, {"clip": {"steps": 7}}),
+    # the teacher's own sampler is read by teacher_eval only; its training is part of the run
+    ("digits", {}, {"teacher": {"eval_nfe": [5], "rho": 5.0}}, {"teacher": {"lr": 0.01}}),
+    # where sha256 pins are recorded changes no weight; the generator's level does
+    ("imagenet64", {}, {"lock_file": "elsewhere.lock.yaml"}, {"sigma_g": 2.0}),
+    ("toy2d", {}, {"eval": {"seed": 7}, "num_threads": 2}, {"em": {"num_steps": 3}}),
+])
+def test_the_run_hash_follows_what_the_weights_depend_on(bench, section, same, other):
+    from mct.benchmarks.base import get_benchmark
+    from mct.config import deep_merge
+
+    b = get_benchmark(bench)
+    base = b.run_hash(b.parse(section))
+    assert b.run_hash(b.parse(deep_merge(section, same))) == base
+    assert b.run_hash(b.parse(deep_merge(section, other))) != base

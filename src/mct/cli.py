@@ -79,7 +79,7 @@ def _bench_stage(stage: str):
             with folder_lock(folder, f"{stage} {args.bench}"):
                 return fn(section, ctx, **kwargs)
         except BaseException:
-            _remove_if_only_locks(made)  # a stage that failed before writing leaves no folder behind
+            _remove_if_only_locks(folder, made)  # a stage that failed before writing leaves no folder behind
             raise
 
     return run
@@ -100,14 +100,18 @@ def _first_missing(folder: Path):
     return missing
 
 
-def _remove_if_only_locks(top) -> None:
-    import shutil
-
-    from .io import LOCK_NAME
-
-    if top is not None and top.is_dir() and all(
-            p.is_dir() or p.name in (LOCK_NAME, LOCK_NAME + ".pid") for p in top.rglob("*")):
-        shutil.rmtree(top, ignore_errors=True)
+def _remove_if_only_locks(folder: Path, top) -> None:
+    """Remove the empty folders a failed stage created, from its own folder up to ``top`` (the
+    outermost one it created); a folder that holds anything (another writer's lock too) stays."""
+    if top is None:
+        return
+    for p in (folder, *folder.parents):
+        try:
+            p.rmdir()
+        except OSError:
+            return
+        if p == top:
+            return
 
 
 def _stage_folder(ctx, bench: str, stage: str, variant):

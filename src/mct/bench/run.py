@@ -249,15 +249,16 @@ def run_bench(raw: dict, ctx, benches: Optional[list[str]] = None) -> dict[str, 
     import torch
 
     from ..benchmarks.base import get_benchmark, section_of
-    from ..io import ensure_writable_dir, write_json
+    from ..io import ensure_writable_dir
+    from ..records import write_record
 
     bcfg = parse_bench_config(raw)
     names = list(dict.fromkeys(benches)) if benches else list((raw.get("benchmarks") or {}))
     if not names:
         raise MCTError("mct bench: no benchmarks configured")
-    sections = {}
+    sections, bench_of = {}, {}
     for name in names:
-        bench = get_benchmark(name)  # unknown names fail here, before any work
+        bench_of[name] = bench = get_benchmark(name)  # unknown names fail here, before any work
         sections[name] = section_of(raw, name)
         bench.parse(sections[name])
     device = torch.device(ctx.device)
@@ -279,7 +280,7 @@ def run_bench(raw: dict, ctx, benches: Optional[list[str]] = None) -> dict[str, 
             else:
                 setup = SETUPS[name](name, sections[name], ctx, bcfg)
                 result = measure(setup, bcfg, device)
-            written[name] = write_json(out_dir / f"{name}.json", result)
+            written[name] = write_record(out_dir / f"{name}.json", bench_record(result, sections[name], bench_of[name]))
             if "skipped" in result:
                 log.info("bench %s: skipped (%s)", name, result["skipped"])
             else:
@@ -287,6 +288,36 @@ def run_bench(raw: dict, ctx, benches: Optional[list[str]] = None) -> dict[str, 
     finally:
         torch.set_num_threads(threads_before)
     return written
+
+
+def bench_record(r: dict, section: dict, bench):
+    """``measure``'s result (or a skip) as the :class:`mct.records.BenchRecord` the report reads."""
+    from ..config import config_hash, to_dict
+    from ..records import BenchRecord, EMOverhead, Memory, Speed, provenance
+
+    def speed(d: dict) -> Speed:
+        return Speed(name=d["name"], nfe=int(d["nfe"]), images_per_s=float(d["images_per_s"]),
+                     ms_per_batch=float(d["ms_per_batch"]), batch_size=int(d["batch_size"]),
+                     measured_nfe=d.get("measured_nfe"), speedup=d.get("speedup"), target_met=d.get("target_met"))
+
+    prov = provenance(config_hash(to_dict(bench.parse(section))))
+    if "skipped" in r:
+        return BenchRecord(bench=r["bench"], device=r["device"], provenance=prov, skipped=r["skipped"])
+    s, e, m = r["sampling"], r["em_overhead"], r["memory"]
+    em = EMOverhead(K=int(e["K"]), iteration_ms=float(e["iteration_ms"]), passes_sum_ms=float(e["passes_sum_ms"]),
+                    overhead_ratio=float(e["overhead_ratio"]), passes_ms=dict(e.get("passes_ms") or {}),
+                    passes_count=dict(e.get("passes_count") or {}), gamma_z=e.get("gamma_z"), reparam=e.get("reparam"),
+                    overhead_ratio_range=list(e.get("overhead_ratio_range") or []), target=e.get("target"),
+                    target_met=e.get("target_met"))
+    mem = Memory(method=m.get("method", ""), per_sample_bytes=dict(m.get("per_sample_bytes") or {}),
+                 peak_bytes=dict(m.get("peak_bytes") or {}), batch_sizes=list(m.get("batch_sizes") or []),
+                 unavailable=m.get("unavailable"))
+    return BenchRecord(bench=r["bench"], device=r["device"], provenance=prov, variant=r.get("variant"),
+                       device_name=r.get("device_name"), batch_size=r.get("batch_size"),
+                       num_threads=r.get("num_threads"), timing=r.get("timing"),
+                       same_network=(r.get("networks") or {}).get("same_network"), weights=dict(r.get("weights") or {}),
+                       student=speed(s["student"]), teacher=[speed(t) for t in s["teacher"]], em=em, memory=mem,
+                       wall_seconds=r.get("wall_seconds"))
 
 
 def _log_summary(r: dict) -> None:

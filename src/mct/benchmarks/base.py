@@ -84,7 +84,7 @@ class Benchmark:
     correct_variants: tuple[str, ...] = ("mct",)
     # section keys that do not change the trained weights (left out of the run's config hash,
     # so that re-scoring with other evaluation settings needs no retraining)
-    untrained_keys: tuple[str, ...] = ("eval", "correct", "features", "clip", "variants", "num_threads")
+    untrained_keys: tuple[str, ...] = ("eval", "correct", "features", "variants", "num_threads")
     # metrics.json keys copied into summary.csv after the variant's settings
     summary_metrics: tuple[str, ...] = ()
 
@@ -131,7 +131,14 @@ class Benchmark:
         the trainer's runtime knobs. Stored in the checkpoint; evaluate refuses a mismatch."""
         from ..distill.trainer import hashed_train
 
-        rec = {k: v for k, v in to_dict(cfg).items() if k not in self.untrained_keys}
+        rec = to_dict(cfg)
+        for key in self.untrained_keys:  # 'eval' drops a section, 'teacher.eval_nfe' one key of it
+            *parents, last = key.split(".")
+            node = rec
+            for p in parents:
+                node = node.get(p) if isinstance(node, dict) else None
+            if isinstance(node, dict):
+                node.pop(last, None)
         if "train" in rec:
             rec["train"] = hashed_train(cfg.train)
         return config_hash({"bench": self.name, **rec})
@@ -308,7 +315,8 @@ class Benchmark:
                           provenance=provenance(config_hash(to_dict(self.parse(section)))))
         with stage_outputs(ctx.bench_dir(self.name), "summarize") as out:
             csv_rows = summary.csv_rows()
-            write_csv(out.path("summary.csv"), csv_rows, fieldnames=list(csv_rows[0]) if csv_rows else ["variant"])
+            columns = list(dict.fromkeys(k for r in csv_rows for k in r)) or ["variant"]  # variants may differ
+            write_csv(out.path("summary.csv"), csv_rows, fieldnames=columns)
             self.write_record(out.path("summary.json"), summary)
         return summary
 

@@ -150,6 +150,9 @@ class DigitsConfig:
 class Digits(ImageBenchmark):
     config_cls = DigitsConfig
     stages = ("teacher_train", "teacher_eval", "features", "distill", "evaluate", "correct", "summarize")
+    # the teacher's own sampler and log cadence are read by teacher_eval only
+    untrained_keys = ImageBenchmark.untrained_keys + ("teacher.eval_nfe", "teacher.sigma_min", "teacher.sigma_max",
+                                                      "teacher.rho", "teacher.log_every")
     summary_metrics = ("fid", "kid_mean", "kid_std", "precision", "recall", "f_score", "class_accuracy",
                        "class_entropy", "class_kl_uniform", "classes_covered", "mstep_grad_var",
                        "mstep_grad_var_nc", "mstep_grad_var_no_nc")

@@ -241,7 +241,9 @@ class DigitsText(ImageBenchmark):
                  metrics["zero_shot_accuracy"], metrics["clip_score_real"], metrics["clip_score_mismatched"])
         out_dir = ensure_writable_dir(ctx.bench_dir(self.name) / "clip")
         with stage_outputs(out_dir, "clip") as out:
-            save_clip(run.model, run.config, out_dir)  # open_clip's local-dir layout ('local-dir:...')
+            for f in save_clip(run.model, run.config, out_dir).iterdir():  # open_clip's local-dir layout
+                if f.name.startswith("open_clip_"):
+                    out.add(f)
             torch_save(out.path("checkpoint.pt"), {
                 "format": CLIP_FORMAT, "config": run.config, "templates": list(templates), "metrics": metrics,
                 "state": {k: v.detach().cpu() for k, v in run.model.state_dict().items()}, "cond_table": table.cpu()})
@@ -321,7 +323,7 @@ class DigitsText(ImageBenchmark):
         table = self.stored_cond_table(cfg, ctx)
         shape, bs = tuple(self.split(cfg).train.shape), cfg.eval.batch_size
         labels, (tmpl, _) = self.eval_labels(cfg, n), self.eval_captions(cfg, n)
-        z = torch.cat([torch.randn((min(bs, n - i),) + shape, generator=rng) for i in range(0, n, bs)])
+        z = torch.cat([torch.randn((min(bs, n - i),) + shape, generator=rng, device=rng.device) for i in range(0, n, bs)])
         return z.to(device), table[labels.to(table.device), tmpl.to(table.device)].to(device)
 
     # ------------------------------------------------------------------ scoring

@@ -119,6 +119,8 @@ class ImageNetEvalConfig:
     grid: int = 64
 
     def __post_init__(self):
+        if self.grid < 1:
+            raise ConfigError(f"grid must be >= 1 (images in samples.png), got {self.grid}")
         for name in ("num_samples", "batch_size", "feature_dim"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -210,6 +212,7 @@ def _link(link: Path, target: Path) -> None:
 class ImageNet(Benchmark):
     config_cls = ImageNetConfig
     stages = ("teacher_fetch", "teacher_eval", "distill", "evaluate", "summarize")
+    untrained_keys = Benchmark.untrained_keys + ("lock_file",)  # where sha256 pins are recorded
     summary_metrics = ("fid", "fid_mean", "fid_seeds", "num_samples")
 
     def __init__(self, name: str):
@@ -314,7 +317,7 @@ class ImageNet(Benchmark):
 
         teacher, arch = self.load_teacher(cfg, ctx)
         record = {"teacher": arch, "sigma_g": cfg.sigma_g, "dropout": cfg.dropout, "precision": cfg.precision}
-        generator, student = init_networks(teacher, record, cfg.init)
+        generator, student = init_networks(teacher, record, cfg.init, seed=cfg.train.seed + 1)
         return Parts(teacher, generator, student, record)
 
     def generator_from_record(self, cfg: ImageNetConfig, ctx: RunContext, record: dict):

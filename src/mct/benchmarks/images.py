@@ -104,7 +104,8 @@ class ImageBenchmark(Benchmark):
                 rng = torch.Generator(device=device).manual_seed(cfg.eval.seed)
                 z, cond = self.eval_latents(cfg, ctx, n, rng, device)
                 t0 = time.perf_counter()
-                images, measured = sample_at_nfe(teacher, z, nfe, cond, batch_size=bs, progress=ctx.progress, **sampler)
+                images, measured = sample_at_nfe(teacher, z, nfe, cond, batch_size=bs, progress=ctx.progress,
+                                                 out_device="cpu", **sampler)
                 seconds = round(time.perf_counter() - t0, 3)
                 m = Scores.from_flat(self.score(cfg, ctx, images, None if cond is None else cond.cpu(), rng))
                 rows.append(TeacherRow(nfe=nfe, scores=m, nfe_measured=measured, sampler=sampler["sampler"],

@@ -110,6 +110,8 @@ class SDEvalConfig:
     grid: int = 16
 
     def __post_init__(self):
+        if self.grid < 1:
+            raise ConfigError(f"grid must be >= 1 (images in samples.png), got {self.grid}")
         for name in ("num_samples", "batch_size", "fid_size", "clip_batch_size", "teacher_nfe"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -65,7 +65,7 @@ class ClusterConfig:
 
 BUILTIN_RESOURCES = {"gpus": 0, "cpus": 1, "mem_mb": 4000, "runtime": 60}
 # a config with device cuda: the stages that run networks get a GPU by default
-GPU_STAGES = ("teacher_train", "teacher_eval", "features", "clip", "distill", "evaluate", "correct", "bench")
+GPU_STAGES = ("teacher_train", "teacher_eval", "features", "clip", "distill", "evaluate", "correct", "export", "bench")
 BUILTIN_CUDA_RESOURCES = {"gpus": 1, "cpus": 8, "mem_mb": 64000, "runtime": 720}
 BUILTIN_CUDA_RUNTIME = {"distill": 2880}
 
