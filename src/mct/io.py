@@ -283,10 +283,12 @@ def record_path(folder: str | os.PathLike, stage: str) -> Path:
     return Path(folder) / f".complete-{stage}.json"
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """The sha256 of a file, read in blocks of ``chunk`` bytes (checkpoints, downloads, exports,
+    completion records: one home)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
+        for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
 
@@ -330,7 +332,7 @@ def stage_outputs(folder: str | os.PathLike, stage: str, config_hash: str | None
     files = {}
     for p in dict.fromkeys(out.files):
         try:
-            files[p.relative_to(folder).as_posix()] = {"size": p.stat().st_size, "sha256": _sha256(p)}
+            files[p.relative_to(folder).as_posix()] = {"size": p.stat().st_size, "sha256": sha256_file(p)}
         except FileNotFoundError:
             raise MCTError(f"{stage}: declared output {p} was not written") from None
         except OSError as exc:
@@ -355,7 +357,7 @@ def completion(folder: str | os.PathLike, stage: str, verify: bool = True) -> di
             p = inside(folder, name)
             if not isinstance(info, dict) or p.stat().st_size != info.get("size"):
                 return None
-            if verify and _sha256(p) != info.get("sha256"):
+            if verify and sha256_file(p) != info.get("sha256"):
                 return None
         except (MCTError, OSError):
             return None

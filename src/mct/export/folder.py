@@ -26,22 +26,13 @@ from typing import Any, Optional
 import torch
 
 from ..errors import MCTError
+from ..io import sha256_file
 from .core import OneStepModel
 
 FORMAT = "mct-export-v1"
 WEIGHTS = "model.safetensors"
 TEXT_DIR = "text_encoder"
 REQUIRED = ("bench", "variant", "generator", "weights", "shape", "output", "conditioning", "sampling")
-
-
-def sha256_file(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _save_safetensors(state: dict, path: Path) -> None:
@@ -93,7 +84,7 @@ def write_export(out: str | Path, model: OneStepModel, spec: dict, record: dict,
     into config.json); ``text_encoder``: (open_clip config, text-tower state) for digits-text;
     ``metrics``: the run's scores by name (config.json, model card); ``metrics_record``: the run's
     metrics.json as evaluate wrote it (copied)."""
-    from .card import model_card, preview_grid
+    from .card import preview_grid
 
     out = Path(out)
     tmp = staging_folder(out)
@@ -110,15 +101,22 @@ def write_export(out: str | Path, model: OneStepModel, spec: dict, record: dict,
             _save_safetensors(text_state, tmp / TEXT_DIR / WEIGHTS)
             cfg["conditioning"]["encoder"] = {"kind": "open_clip-text", "path": TEXT_DIR,
                                               "weights_sha256": sha256_file(tmp / TEXT_DIR / WEIGHTS)}
-        if metrics_record is not None:
-            (tmp / "metrics.json").write_text(json.dumps(metrics_record, indent=2, default=str) + "\n")
-        preview = preview_grid(model, tmp / "samples.png")
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=2, default=str) + "\n")
-        (tmp / "README.md").write_text(model_card(cfg, preview is not None, out.name))
-        return publish_folder(tmp, out)
+        return finish_export(tmp, out, cfg, metrics_record, preview_grid(model, tmp / "samples.png"))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def finish_export(tmp: Path, out: Path, cfg: dict, metrics_record: Optional[dict], preview) -> Path:
+    """The files every export ends with (the run's metrics, config.json, the model card), then the
+    staged folder published in place of ``out``."""
+    from .card import model_card
+
+    if metrics_record is not None:
+        (tmp / "metrics.json").write_text(json.dumps(metrics_record, indent=2, default=str) + "\n")
+    (tmp / "config.json").write_text(json.dumps(cfg, indent=2, default=str) + "\n")
+    (tmp / "README.md").write_text(model_card(cfg, preview is not None, out.name))
+    return publish_folder(tmp, out)
 
 
 def sampling_record(model: OneStepModel) -> dict:

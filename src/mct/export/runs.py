@@ -69,7 +69,7 @@ def rebuilt(module: nn.Module, record: dict) -> nn.Module:
 
 
 def _teacher_record(path: Optional[Path], description: str) -> dict:
-    from .folder import sha256_file
+    from ..io import sha256_file
 
     if path is None or not Path(path).is_file():
         return {"file": None, "sha256": None, "description": description}

@@ -15,7 +15,6 @@ reads the same folder and reproduces ``mct sample`` exactly."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Optional
@@ -39,7 +38,7 @@ def _scheduler_config(source: str, local_files_only: bool) -> dict:
 def sd_run_generator(bench, cfg, ctx, variant: str, teacher, gen, state, run_dir: Path):
     """The RunGenerator of an sd15 run (``gen``: its EMA generator, loaded by the benchmark)."""
     from ..nets.factory import spec
-    from .folder import sha256_file
+    from ..io import sha256_file
     from .runs import SAMPLE_BATCH, RunGenerator, _record
 
     source = bench.teacher_source(cfg, ctx)
@@ -77,8 +76,9 @@ def write_sd_export(out: str | Path, run, metrics: Optional[dict], metrics_recor
     """The diffusers pipeline folder plus config.json, metrics.json, README.md and a preview."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
 
-    from .card import model_card, preview_grid
-    from .folder import FORMAT, publish_folder, sampling_record, sha256_file, staging_folder
+    from ..io import sha256_file
+    from .card import preview_grid
+    from .folder import FORMAT, finish_export, sampling_record, staging_folder
 
     out = Path(out)
     sd = run.sd
@@ -96,12 +96,7 @@ def write_sd_export(out: str | Path, run, metrics: Optional[dict], metrics_recor
                    conditioning=dict(m.conditioning), sampling=sampling_record(m), metrics=metrics or {},
                    diffusers={"pipeline": "StableDiffusionPipeline",
                               "call": f"pipe(prompts, sigmas=[{m.generator.sigma_g}, 0.0], guidance_scale=1.0)"})
-        if metrics_record is not None:
-            (tmp / "metrics.json").write_text(json.dumps(metrics_record, indent=2, default=str) + "\n")
-        preview = preview_grid(m, tmp / "samples.png", n=4)
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=2, default=str) + "\n")
-        (tmp / "README.md").write_text(model_card(cfg, preview is not None, out.name))
-        return publish_folder(tmp, out)
+        return finish_export(tmp, out, cfg, metrics_record, preview_grid(m, tmp / "samples.png", n=4))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -113,7 +108,7 @@ def load_sd_export(root: Path, cfg: dict, device: str = "cpu") -> OneStepModel:
     from ..errors import CheckpointError
     from ..nets.onestep import OneStepGenerator
     from ..teachers.sd import load_sd_teacher
-    from .folder import sha256_file
+    from ..io import sha256_file
 
     sigma_g = cfg.get("sigma_g")
     if not isinstance(sigma_g, (int, float)) or not sigma_g > 0:

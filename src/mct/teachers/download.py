@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import hashlib
 import http.client
 import logging
 import os
@@ -35,7 +34,7 @@ from typing import Optional
 import yaml
 
 from ..errors import DownloadError
-from ..io import ensure_writable_dir, write_text
+from ..io import ensure_writable_dir, sha256_file, write_text
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +47,6 @@ LOCK_HEADER = """\
 # (trust on first use) where the publisher states no checksum. Commit this file:
 # every later download must match it. Delete an entry only to re-pin a file on purpose.
 """
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = _CHUNK) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _check_sha(value: Optional[str], what: str) -> Optional[str]:
