@@ -177,13 +177,15 @@ class AttentionBlock(nn.Module):
         x = x.reshape(b, c, -1)
         qkv = self.qkv(self.norm(x))
         heads, ch, length = self.num_heads, c // self.num_heads, x.shape[-1]
-        if self.new_order:
-            q, k, v = (t.reshape(b * heads, ch, length) for t in qkv.chunk(3, dim=1))
-        else:
-            q, k, v = qkv.reshape(b * heads, 3 * ch, length).split(ch, dim=1)
-        # softmax(q^T k / sqrt(ch)) v, computed by the fused kernel on (batch, length, ch)
-        a = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-        h = self.proj_out(a.transpose(1, 2).reshape(b, c, length))
+        if self.new_order:  # [q, k, v][head][channel]
+            qkv = qkv.reshape(b, 3, heads, ch, length).permute(1, 0, 2, 4, 3)
+        else:  # [head][q, k, v][channel]
+            qkv = qkv.reshape(b, heads, 3, ch, length).permute(2, 0, 1, 4, 3)
+        # one copy gives contiguous (batch, heads, tokens, ch) q, k, v, the fused kernels' layout;
+        # softmax(q^T k / sqrt(ch)) v: guided-diffusion's two ch^-1/4 factors, SDPA's default scale
+        q, k, v = qkv.contiguous().unbind(0)
+        a = F.scaled_dot_product_attention(q, k, v)
+        h = self.proj_out(a.transpose(2, 3).reshape(b, c, length))
         return (x + h).reshape(b, c, *spatial)
 
 

@@ -217,10 +217,14 @@ class UNetBlock(nn.Module):
         if self.num_heads:
             n, c, h, w = x.shape
             heads = self.num_heads
-            # qkv channels are laid out as [head][channel within head][q, k, v]
-            q, k, v = self.qkv(self.norm2(x)).reshape(n * heads, c // heads, 3, h * w).unbind(2)
-            a = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-            a = a.transpose(1, 2).reshape(n, c, h, w)
+            # qkv channels are laid out [head][channel within head][q, k, v] (EDM's order, so its
+            # checkpoints compute the same function); one copy makes q, k, v contiguous
+            # (batch, heads, tokens, head_dim), the layout the fused SDPA kernels take.
+            qkv = self.qkv(self.norm2(x)).reshape(n, heads, c // heads, 3, h * w)
+            q, k, v = qkv.permute(3, 0, 1, 4, 2).contiguous().unbind(0)
+            # softmax(q k^T / sqrt(head_dim)) v: SDPA's default scale is EDM's 1 / sqrt(C / heads)
+            a = F.scaled_dot_product_attention(q, k, v)
+            a = a.transpose(2, 3).reshape(n, c, h, w)
             x = (self.proj(a) + x) * self.skip_scale
         return x
 
