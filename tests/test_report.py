@@ -31,7 +31,7 @@ import pytest
 from mct.errors import MCTError
 from mct.records import (AuxMetrics, BenchRecord, Claim, CorrectionMetrics, CurvePoint, EMOverhead, Memory,
                          MixtureTeacher, Provenance, RunMetrics, Scores, Speed, Summary, SummaryRow, TeacherMetrics,
-                         TeacherRow, write_record)
+                         TeacherRow, read_record, write_record)
 from mct.report.browser import check_page, find_chromium
 from mct.report.build import build_report
 from mct.report.tables import fmt_auto, fmt_duration, number_cell
@@ -101,11 +101,26 @@ def make_results(root: Path, benches=("toy2d", "digits", "digits-text")) -> tupl
     rng = np.random.default_rng(0)
     res = root / "results"
     if "toy2d" in benches:
+        import torch
+
+        from mct.metrics.toy import toy_metrics
+        from mct.teachers.gmm import ring_gmm
+
         angles = np.arange(8) * 2 * np.pi / 8
         means = 4 * np.stack([np.cos(angles), np.sin(angles)], 1)
         w = np.arange(1, 9) / 36
         write_record(res / "toy2d/teacher.json", MixtureTeacher(bench="toy2d", means=means.tolist(), stds=[0.25] * 8,
                                                                  weights=w.tolist(), provenance=PROV))
+        # the metrics cannot hide a bad student: off-mode mass, per-mode recall, log-p gap (mct.metrics.toy),
+        # measured on the written samples against exact ones; the exact row as `mct teacher eval` writes it
+        mix, g = ring_gmm(), torch.Generator().manual_seed(0)
+        ref = mix.sample(3000, generator=g)
+        new = ("off_mode_mass", "min_mode_recall", "logp_gap")
+        exact = toy_metrics(mix.sample(3000, generator=g), mix, ref)
+        write_record(TeacherMetrics.path(res, bench="toy2d"), TeacherMetrics(
+            bench="toy2d", provenance=PROV, sampler="exact", reference="exact samples (eval.seed)",
+            rows=[TeacherRow(nfe=0, nfe_measured=0, sampler="exact", num_samples=3000, sample_seconds=0.001,
+                             scores=Scores.from_flat(exact))]))
         for v in VARIANTS:
             k = K_OF[v]
             temp = {1: 6.0, 2: 2.0, 4: 1.2}.get(k, 1.0) if v != "random-init" else 1.4
@@ -118,10 +133,13 @@ def make_results(root: Path, benches=("toy2d", "digits", "digits-text")) -> tupl
             _bytes(run / "samples.npz", buf.getvalue())
             mass = np.bincount(lab, minlength=8) / len(lab)
             tv = float(0.5 * np.abs(mass - w).sum())
+            hard = toy_metrics(torch.as_tensor(x, dtype=torch.float32), mix, ref)
+            rng.random()  # (the draw the tree's other numbers follow)
             scores = Scores(metrics={"mode_mass_tv": round(tv, 4), "modes_covered": float((mass >= 0.25 * w).sum()),
-                                     "num_modes": 8.0, "mean_true_logpdf": round(-1.2 - 0.1 * rng.random(), 4),
-                                     "energy_distance": round(tv * 0.3 + 0.002, 5)},
-                            mode_mass=[round(float(a), 5) for a in mass], true_mode_weight=[round(float(a), 5) for a in w])
+                                     "num_modes": 8.0, "mean_true_logpdf": round(hard["mean_true_logpdf"], 4),
+                                     "energy_distance": round(tv * 0.3 + 0.002, 5), **{k: hard[k] for k in new}},
+                            mode_mass=[round(float(a), 5) for a in mass], true_mode_weight=[round(float(a), 5) for a in w],
+                            mode_recall=hard["mode_recall"])
             write_record(RunMetrics.path(res, bench="toy2d", variant=v), RunMetrics(
                 bench="toy2d", variant=v, nfe=1, scores=scores, settings=settings(v), provenance=PROV,
                 num_samples=3000, iterations=600, train_seconds=round(40 + 6 * k, 3), sample_seconds=0.01))
@@ -435,6 +453,30 @@ def test_measured_rows_embedded_tasks(report):
     assert "Mode-mass TV \u2193" in t["main-toy2d"][0]
     cap = _figure_caption(html, "nfe", "digits")
     assert "21.37 at 7 NFE, 4.18 at 35 NFE" in cap and "mct in one step: 5.31, 1.27\u00d7 the teacher's best" in cap
+
+
+@pytest.mark.skipif(not SYNTHETIC, reason="checks the written tree's values")
+def test_toy_tables_start_with_the_exact_reference_and_show_what_cannot_hide(report):
+    path, html = report
+    t = parse(html).tables
+    exact = read_record(path.parent / "toy2d/teacher/metrics.json", TeacherMetrics).rows[0].scores.metrics
+    runs = {v: read_record(path.parent / f"toy2d/runs/{v}/metrics.json", RunMetrics).scores.metrics for v in ("mct", "k1")}
+    cols = ["Off-mode mass \u2193", "Min mode recall \u2191", "Log-p gap (0 = exact)"]
+    want = lambda m: [f"{m['off_mode_mass']:.3f}", f"{m['min_mode_recall']:.3f}", f"{m['logp_gap']:+.3f}"]  # noqa: E731
+    main = t["main-toy2d"]
+    assert main[1][0] == "Exact samples of the mixture (reference)"  # first, before every student
+    assert [main[1][main[0].index(c)] for c in cols] == want(exact)
+    assert main[1][main[0].index("NFE")] == "0" and main[1][-1] == "toy2d/teacher/metrics.json"
+    assert [row_of(main, "MCT one-step student")[main[0].index(c)] for c in cols] == want(runs["mct"])
+    assert [row_of(main, "K = 1 baseline")[main[0].index(c)] for c in cols] == want(runs["k1"])
+    assert row_of(main, "K = 1 baseline")[main[0].index("Min mode recall \u2191")] == "0.000"  # the collapse shows
+    assert abs(exact["off_mode_mass"] - math.exp(-4.5)) < 0.01 and abs(exact["logp_gap"]) < 0.1
+    abl = t["ablation-toy2d"]
+    assert abl[1][0] == "Exact samples of the mixture (reference)" and [r[0] for r in abl[2:]] == VARIANTS
+    assert [abl[1][abl[0].index(c)] for c in cols] == want(exact)
+    assert "Teacher, 0 NFE" not in html
+    scatter = _figure_caption(html, "scatter", "toy2d")
+    assert f"mct (K = 8): TV 0.02, 8/8 modes, {runs['mct']['off_mode_mass']:.0%} off-mode" in scatter
 
 
 @pytest.mark.skipif(not SYNTHETIC, reason="checks the written tree's values")

@@ -141,3 +141,30 @@ def test_help_explains_commands(capsys):
     out = capsys.readouterr().out
     for word in ("distill", "evaluate", "teacher", "report", "summarize"):
         assert word in out
+
+
+def test_teacher_eval_scores_exact_samples_against_the_students_reference(tmp_path):
+    """`mct teacher eval --bench toy2d`: exact samples (seed eval.seed + 2) through toy_metrics with the
+    reference evaluate uses (seed eval.seed, after the latents) -> teacher/metrics.json, one 'exact' row."""
+    from mct.io import is_complete
+    from mct.metrics.toy import toy_metrics
+    from mct.records import TeacherMetrics
+    from mct.teachers import ring_gmm
+
+    results = tmp_path / "r"
+    cfg = write_config(tmp_path / "c.yaml", results=results)
+    assert main(["teacher", "eval", "--config", str(cfg), "--bench", "toy2d", "--no-progress"]) == 0
+    folder = results / "toy2d" / "teacher"
+    assert is_complete(folder, "teacher_eval")
+    rec = read_record(folder / "metrics.json", TeacherMetrics)
+    (row,) = rec.rows
+    assert row.sampler == "exact" and row.nfe == 0 and row.num_samples == 500
+    teacher, n = ring_gmm(), 500
+    x = teacher.sample(n, generator=torch.Generator().manual_seed(1234 + 2))
+    g = torch.Generator().manual_seed(1234)
+    torch.randn(n, 2, generator=g)  # evaluate's latents
+    want = toy_metrics(x, teacher, teacher.sample(n, generator=g))
+    got = row.scores.metrics
+    assert got == {k: float(v) for k, v in want.items() if not isinstance(v, list)}
+    assert row.scores.mode_recall == want["mode_recall"]
+    assert got["energy_distance"] > 0 and got["modes_covered"] == 8 and abs(got["logp_gap"]) < 0.2

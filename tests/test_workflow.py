@@ -111,7 +111,11 @@ def test_toy2d_jobs_follow_the_results_layout():
     variants = list(raw["benchmarks"]["toy2d"]["variants"])
     toy = {j.name: j for j in p.jobs if j.bench == "toy2d"}
     assert set(toy) == ({f"distill_toy2d_{v}" for v in variants} | {f"evaluate_toy2d_{v}" for v in variants}
-                        | {"summarize_toy2d", "export_toy2d_mct"})
+                        | {"teacher_eval_toy2d", "summarize_toy2d", "export_toy2d_mct"})
+    t = toy["teacher_eval_toy2d"]  # exact samples of the analytic mixture: the toy table's reference row
+    assert t.deps == () and t.outs == () and t.metrics == (f"{rd}/toy2d/teacher/metrics.json",)
+    assert t.cmd == ("mct", "teacher", "eval", "--config", "config/quick.yaml", "--bench", "toy2d")
+    assert t.param_keys == ("benchmarks.toy2d.eval",)  # quick.yaml sets eval, not teacher: training knobs do not rerun it
     x = toy["export_toy2d_mct"]  # the main run only, after its evaluation (the export carries its metrics)
     assert x.outs == (f"{rd}/toy2d/export/mct",) and set(x.deps) == {f"{rd}/toy2d/runs/mct/checkpoint.pt",
                                                                        f"{rd}/toy2d/runs/mct/metrics.json"}
@@ -126,7 +130,7 @@ def test_toy2d_jobs_follow_the_results_layout():
         assert d.cmd == ("mct", "distill", "--config", "config/quick.yaml", "--bench", "toy2d", "--variant", v)
         assert d.log == f"logs/distill/toy2d/{v}.log"
     s = toy["summarize_toy2d"]
-    assert set(s.deps) == {f"{rd}/toy2d/runs/{v}/metrics.json" for v in variants}
+    assert set(s.deps) == {f"{rd}/toy2d/runs/{v}/metrics.json" for v in variants} | {f"{rd}/toy2d/teacher/metrics.json"}
     assert s.outs == (f"{rd}/toy2d/summary.csv",)
     # bench: toy2d's part is the generator of bench.variant (mct); its teacher is analytic
     assert [d for d in p.job("bench").deps if "/toy2d/" in d] == [f"{rd}/toy2d/runs/mct/checkpoint.pt"]

@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("teacher", help="train, score, download or inspect a teacher")
     tsub = t.add_subparsers(dest="action", metavar="ACTION")
     tsub.required = True
-    for action, helptext in (("train", "train the embedded teacher"), ("eval", "score the teacher at each NFE"),
+    for action, helptext in (("train", "train the embedded teacher"), ("eval", "score the teacher at each NFE (toy2d: exact samples)"),
                              ("fetch", "download a real teacher (sha256-pinned)")):
         sp = tsub.add_parser(action, help=helptext)
         common(sp)

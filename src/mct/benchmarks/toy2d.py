@@ -5,6 +5,7 @@ directly in the exact metrics (docs/method.md#reverse-kl-limit, docs/benchmarks.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,10 @@ from ..teachers.gmm import ring_gmm
 from .base import Benchmark, Parts, RunContext
 
 log = logging.getLogger(__name__)
+
+# teacher_eval's exact samples come from torch.Generator().manual_seed(eval.seed + EXACT_SEED_OFFSET):
+# eval.seed draws the latents and then the metrics' reference, eval.seed + 1 the reference off the CPU
+EXACT_SEED_OFFSET = 2
 
 
 @dataclass(frozen=True)
@@ -112,7 +117,8 @@ class Toy2DConfig:
 class Toy2D(Benchmark):
     name = "toy2d"
     config_cls = Toy2DConfig
-    stages = ("distill", "evaluate", "summarize")
+    stages = ("teacher_eval", "distill", "evaluate", "summarize")
+    stage_params = {"teacher_eval": ("teacher", "eval", "num_threads")}
     summary_metrics = ("mode_mass_tv", "modes_covered", "mean_true_logpdf", "energy_distance")
 
     @staticmethod
@@ -162,6 +168,32 @@ class Toy2D(Benchmark):
             rng = torch.Generator().manual_seed(cfg.eval.seed + 1)
         reference = teacher.sample(images.shape[0], generator=rng)
         return toy_metrics(images, teacher, reference, cfg.eval.covered_fraction)
+
+    def teacher_eval(self, section: dict, ctx: RunContext):
+        """Exact samples of the mixture scored by the students' own metrics and reference ->
+        teacher/metrics.json: the reference row of the toy table, one :class:`mct.records.TeacherRow`
+        with sampler 'exact' and nfe 0 (no network is evaluated). The samples come from seed
+        eval.seed + ``EXACT_SEED_OFFSET``; the reference is drawn as ``evaluate`` draws it."""
+        from ..io import stage_outputs
+        from ..records import Scores, TeacherMetrics, TeacherRow, provenance
+
+        cfg = self.setup(section)
+        device, n = torch.device(ctx.device), cfg.eval.num_samples
+        with stage_outputs(ctx.bench_dir(self.name) / "teacher", "teacher_eval") as out:
+            t0 = time.perf_counter()
+            x = self.teacher(cfg).sample(n, generator=torch.Generator().manual_seed(cfg.eval.seed + EXACT_SEED_OFFSET))
+            seconds = round(time.perf_counter() - t0, 3)
+            rng = torch.Generator(device=device).manual_seed(cfg.eval.seed)
+            self.eval_latents(cfg, ctx, n, rng, device)  # the students' latents: the reference after them is theirs
+            scores = Scores.from_flat(self.score(cfg, ctx, x, None, rng))
+            row = TeacherRow(nfe=0, scores=scores, nfe_measured=0, sampler="exact", num_samples=n, sample_seconds=seconds)
+            rec = TeacherMetrics(bench=self.name, rows=[row], sampler="exact", reference="exact samples (eval.seed)",
+                                 provenance=provenance(config_hash({"teacher": to_dict(cfg.teacher),
+                                                                    "eval": to_dict(cfg.eval)})))
+            self.write_record(out.path("metrics.json"), rec)
+        log.info("%s exact samples: %s", self.name, ", ".join(
+            f"{k} {scores.get(k):.4g}" for k in ("mean_true_logpdf", "off_mode_mass", "min_mode_recall", "logp_gap")))
+        return rec
 
     def save_samples(self, cfg: Toy2DConfig, ctx: RunContext, out, images, cond, title: str) -> None:
         """runs/<v>/{samples.npz (key x: the first 5,000 samples), samples.png}; <bench>/teacher.json (the

@@ -43,6 +43,12 @@ METRICS: dict[str, tuple[str, str]] = {
     "mean_true_logpdf": ("mean log-density of the samples under the true mixture", "higher"),
     "energy_distance": ("energy distance to teacher samples", "lower"),
     "nonfinite_samples": ("samples dropped for being non-finite", "lower"),
+    "off_mode_mass": ("share of samples farther than 3 component std from every mode mean "
+                      "(exact 2-D samples: exp(-4.5) = 0.011)", "lower"),
+    "min_mode_recall": ("smallest per-mode recall min(1, m_k / q_k): m_k the share of samples within 3 std of "
+                        "mode k, q_k the true share (exact samples: 1 in expectation)", "higher"),
+    "logp_gap": ("mean true log p of exact samples minus the samples' (0 = exact; > 0 off the modes, "
+                 "< 0 piled onto the densest modes)", ""),
     # M-step gradient (mct.distill.diagnostics)
     "mstep_grad_var": ("M-step gradient variance of the run's own setting", "lower"),
     "mstep_grad_var_nc": ("M-step gradient variance with noise cancellation", "lower"),

@@ -40,16 +40,17 @@ def provenance(config_hash: str) -> Provenance:
 @dataclass
 class Scores:
     """The scores of one set of samples: ``metrics`` by the names of :data:`METRICS`, and the
-    structured results that are lists (class histogram as fractions, per-mode mass and the true
-    mode weights of the 2-D mixture, FID per evaluation seed)."""
+    structured results that are lists (class histogram as fractions, per-mode mass, the true
+    mode weights and per-mode recall of the 2-D mixture, FID per evaluation seed)."""
 
     metrics: dict[str, float] = metrics_field()
     class_hist: Optional[list[float]] = None
     mode_mass: Optional[list[float]] = None
     true_mode_weight: Optional[list[float]] = None
     fid_seeds: Optional[list[float]] = None
+    mode_recall: Optional[list[float]] = None
 
-    LISTS: ClassVar[tuple[str, ...]] = ("class_hist", "mode_mass", "true_mode_weight", "fid_seeds")
+    LISTS: ClassVar[tuple[str, ...]] = ("class_hist", "mode_mass", "true_mode_weight", "fid_seeds", "mode_recall")
 
     @classmethod
     def from_flat(cls, flat: dict, ignore: tuple[str, ...] = ()) -> "Scores":

@@ -123,6 +123,12 @@ METRICS: dict[str, Metric] = {
     "mode_mass_tv": Metric("Mode-mass TV \u2193", fmt_fixed(3), "total variation between per-mode sample mass and true weights"),
     "modes_covered": Metric("Modes covered \u2191", fmt_int, "modes holding at least a quarter of their true weight"),
     "mean_true_logpdf": Metric("Mean true log p \u2191", fmt_fixed(3), "mean log-density of samples under the true mixture"),
+    "off_mode_mass": Metric("Off-mode mass \u2193", fmt_fixed(3), "share of samples farther than 3 component std from "
+                            "every mode (exact samples: exp(-4.5) = 0.011)"),
+    "min_mode_recall": Metric("Min mode recall \u2191", fmt_fixed(3), "smallest over modes of min(1, sampled share "
+                              "within 3 std of the mode / true share); 0 = a mode is missed"),
+    "logp_gap": Metric("Log-p gap (0 = exact)", lambda v: f"{v:+.3f}", "mean true log p of exact samples minus the "
+                       "samples'; > 0: mass where the density is low, < 0: piled onto the densest modes"),
     "energy_distance": Metric("Energy distance \u2193", fmt_fixed(4), "energy distance to teacher samples (0 = same law)"),
     "train_seconds": Metric("Train time", fmt_duration, "wall time of the distillation run"),
     "eval_seconds": Metric("Eval time", fmt_duration, "wall time of the evaluation"),

@@ -13,12 +13,13 @@ from .. import figures as F
 from ..collect import BenchResults
 from ..context import Inputs
 from ..tables import Cell, Row, Table, fmt_fixed, metric_label, number_cell
-from .common import (better, compare_caption, describe_setting, fmt, metric_cols, primary,
+from .common import (EXACT_LABEL, better, compare_caption, describe_setting, exact_row, fmt, metric_cols, primary,
                      runs_differing_in, what_changes)
 
 INGREDIENTS = {"reparam", "noise_cancel", "init"}
 # metrics with natural bounds: a sweep's axis spans them, so that noise cannot look like a trend
-BOUNDS = {"precision": (0.0, 1.0), "recall": (0.0, 1.0), "class_accuracy": (0.0, 1.0), "mode_mass_tv": (0.0, 1.0)}
+BOUNDS = {"precision": (0.0, 1.0), "recall": (0.0, 1.0), "class_accuracy": (0.0, 1.0), "mode_mass_tv": (0.0, 1.0),
+          "off_mode_mass": (0.0, 1.0), "min_mode_recall": (0.0, 1.0)}
 
 
 def _bounds(b: BenchResults, metric: str) -> tuple[float, Optional[float]]:
@@ -48,6 +49,11 @@ def _overview(b: BenchResults) -> Table:
     header.append(("Train time", "wall time of the distillation"))
     t = Table(columns=header, kind=f"ablation-{b.name}",
               caption=("Same for every run: " + ", ".join(constant) + ".") if constant else "")
+    exact = exact_row(b)
+    if exact is not None:
+        cells = [Cell(EXACT_LABEL, "label"), Cell("no network: drawn from the mixture, scored like the runs", "text")]
+        cells += [number_cell(exact.scores.get(c), c, "not in teacher/metrics.json") for c in cols]
+        t.rows.append(Row(cells + ([number_cell(None)] if show_its else []) + [Cell("", "na")], "ours teacher"))
     for v in b.variants:
         r = b.runs.get(v)
         if r is None:
@@ -171,7 +177,7 @@ def block(inputs: Inputs, b: BenchResults) -> dict:
             figs.append(f)
     ksel = runs_differing_in(b, {"K", "gamma_z"}, required="K")
     if len(ksel) >= 2:
-        kmetrics = prim + [m for m in ("class_entropy", "recall", "modes_covered") if m in b.metric_names() and m not in prim]
+        kmetrics = prim + [m for m in ("class_entropy", "recall", "off_mode_mass", "modes_covered") if m in b.metric_names() and m not in prim]
         f = _sweep(b, "K", ksel, kmetrics[:3], "K (Langevin steps per E-step, log scale)", "K", 2,
                    "K = 1 is the reverse-KL (mode-seeking) gradient of Diff-Instruct/DMD; more steps move the update "
                    "toward forward KL (mode-covering). Axes start at 0 (and end at the metric's maximum where it has one).",

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from typing import Optional
 
-from ...records import METRICS, RunMetrics
+from ...records import METRICS, RunMetrics, TeacherRow
 from ..collect import BenchResults, setting_diff
 from ..tables import metric_label, number_cell
 
 # the order metric columns appear in; only those a benchmark's records hold are shown
 TABLE_METRICS = ["fid", "kid_mean", "precision", "recall", "clip_score", "class_accuracy", "class_entropy",
-                 "classes_covered", "mode_mass_tv", "modes_covered", "mean_true_logpdf", "energy_distance"]
+                 "classes_covered", "mode_mass_tv", "modes_covered", "off_mode_mass", "min_mode_recall",
+                 "mean_true_logpdf", "logp_gap", "energy_distance"]
 # the headline metrics of a figure: the first two of these a benchmark has
 PRIMARY = ["fid", "mode_mass_tv", "clip_score", "recall", "energy_distance", "class_accuracy"]
 SETTING_LABELS = {"K": "K", "reparam": "reparametrised", "noise_cancel": "noise cancellation", "init": "init",
@@ -69,6 +70,15 @@ def runs_differing_in(b: BenchResults, allowed: set[str], required: Optional[str
         if diff and diff <= allowed and (required is None or required in diff):
             out.append(v)
     return out
+
+
+def exact_row(b: BenchResults) -> Optional[TeacherRow]:
+    """The teacher row of exact samples (an analytic teacher's ``teacher_eval``): the reference row
+    of a toy table, scored by the students' metrics against the students' reference."""
+    return next((r for r in (b.teacher.rows if b.teacher else []) if r.sampler == "exact"), None)
+
+
+EXACT_LABEL = "Exact samples of the mixture (reference)"
 
 
 def k1_variant(b: BenchResults) -> Optional[str]:

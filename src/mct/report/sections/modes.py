@@ -10,7 +10,7 @@ from .. import figures as F
 from ..collect import BenchResults
 from ..context import Inputs
 from ..tables import Cell, Row, Table, number_cell
-from .common import k_label, runs_differing_in
+from .common import exact_row, k_label, runs_differing_in
 
 
 def _k_runs(b: BenchResults) -> list[str]:
@@ -36,6 +36,13 @@ def _points(inputs: Inputs, b: BenchResults, v: str):
     return x[np.isfinite(x).all(axis=1)]
 
 
+def _subtitle(scores) -> str:
+    tv, cov, nm, off = (scores.get(x) for x in ("mode_mass_tv", "modes_covered", "num_modes", "off_mode_mass"))
+    return ", ".join(x for x in [f"TV {tv:.2f}" if tv is not None else "",
+                                 f"{int(cov)}/{int(nm)} modes" if cov is not None and nm else "",
+                                 f"{off:.0%} off-mode" if off is not None else ""] if x)
+
+
 def _toy(inputs: Inputs, b: BenchResults, names: list[str]) -> dict:
     import numpy as np
 
@@ -45,13 +52,13 @@ def _toy(inputs: Inputs, b: BenchResults, names: list[str]) -> dict:
         rng = np.random.default_rng(0)
         means, w = np.asarray(mix.means, float), np.asarray(mix.weights, float) / sum(mix.weights)
         k = rng.choice(len(w), size=2000, p=w)
-        panels.append(("teacher (exact samples)", means[k] + np.asarray(mix.stds)[k, None] * rng.standard_normal((2000, 2)), ""))
+        exact = exact_row(b)
+        panels.append(("teacher (exact samples)", means[k] + np.asarray(mix.stds)[k, None] * rng.standard_normal((2000, 2)),
+                       _subtitle(exact.scores) if exact else ""))
     for v in names:
         r = b.runs[v]
         title = k_label(v, r, b.reference)
-        tv, cov, nm = (r.scores.get(x) for x in ("mode_mass_tv", "modes_covered", "num_modes"))
-        sub = ", ".join(x for x in [f"TV {tv:.2f}" if tv is not None else "",
-                                    f"{int(cov)}/{int(nm)} modes" if cov is not None and nm else ""] if x)
+        sub = _subtitle(r.scores)
         pts = _points(inputs, b, v)
         if pts is not None and len(pts):
             panels.append((title, pts, sub))

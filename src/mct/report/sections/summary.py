@@ -34,8 +34,9 @@ def _status(inputs: Inputs) -> Table:
             t.rows.append(Row([Cell(name, "label"), Cell(scale, "text"), Cell("yes" if b and b.configured else "no", "text"),
                                Cell(MISSING, "na"), Cell(MISSING, "na"), runs, status], "notrun"))
             continue
-        teacher = Cell(", ".join(f"{r.nfe} NFE" for r in b.teacher.rows), "text") if b.teacher else \
-            Cell("exact (analytic)" if b.mixture else "not scored", "na" if not b.mixture else "text")
+        exact = b.teacher is not None and all(r.sampler == "exact" for r in b.teacher.rows)
+        teacher = Cell(", ".join(f"{r.nfe} NFE" for r in b.teacher.rows), "text") if b.teacher and not exact else \
+            Cell("exact (analytic)" if b.mixture or exact else "not scored", "text" if b.mixture or exact else "na")
         feats = b.aux.get("features")
         acc = feats.metrics.get("heldout_accuracy") if feats else None
         floor = b.real_floor("fid")
