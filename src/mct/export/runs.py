@@ -84,12 +84,9 @@ def _record(bench: str, variant: str, state: dict, shape, sigma_g, teacher: dict
 
 
 def _run_generator(bench, cfg, ctx, variant: str) -> RunGenerator:
-    """The EMA generator of ``variant``'s run and how to call it.
-
-    COORDINATOR: the weights come through the base hook ``Benchmark.load_generator(cfg, ctx,
-    variant)``; what is still per benchmark below (data shape, conditioning, text encoder, teacher
-    file) can become one more hook, e.g. ``Benchmark.sampling(cfg, ctx) -> (shape, conditioning,
-    encode_text, teacher_file)``, and this function then has no branches."""
+    """The EMA generator of ``variant``'s run (through ``Benchmark.load_generator``, so a checkpoint
+    of another config or variant is refused) and how to call it: data shape, conditioning, text
+    encoder and teacher file, per benchmark."""
     from ..nets.factory import spec
 
     name = bench.name
