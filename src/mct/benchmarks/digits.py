@@ -248,15 +248,14 @@ class Digits(ImageBenchmark):
 
     def score(self, cfg: DigitsConfig, ctx: RunContext, images, cond, rng) -> dict:
         """FID/KID/PR against the held-out split and the class metrics of ``images``."""
-        from ..metrics.classes import class_metrics, predict_classes
-        from ..metrics.fidelity import fidelity_metrics, load_feature_net
+        from ..metrics.fidelity import feature_net_scores
 
         fpath = self.require(self.features_file(cfg, ctx), f"mct features --bench {self.name}")
-        m = fidelity_metrics(images, self.data(cfg).heldout.images, fpath, kid_subset_size=cfg.eval.kid_subset_size,
-                             kid_subsets=cfg.eval.kid_subsets, device=ctx.device, seed=cfg.eval.seed)
-        pred = predict_classes(load_feature_net(fpath), images.float().clamp(-1, 1))
-        m.update(class_metrics(pred, self.num_classes, cond if cfg.conditional and cond is not None else None))
-        return m
+        m, classes = feature_net_scores(images, self.data(cfg).heldout.images, fpath, self.num_classes,
+                                        cond if cfg.conditional and cond is not None else None,
+                                        kid_subset_size=cfg.eval.kid_subset_size, kid_subsets=cfg.eval.kid_subsets,
+                                        device=ctx.device, seed=cfg.eval.seed)
+        return {**m, **classes}
 
     def extra_metrics(self, cfg: DigitsConfig, ctx: RunContext, variant: str) -> dict:
         """The M-step gradient variance of the run's final (non-EMA) generator, with and without

@@ -330,9 +330,8 @@ class DigitsText(ImageBenchmark):
 
     def score(self, cfg: DigitsTextConfig, ctx: RunContext, images, cond, rng) -> dict:
         """FID/KID/PR on the digits features, the CLIP score of the captions, class accuracy."""
-        from ..metrics.classes import class_metrics, predict_classes
         from ..metrics.clip import clip_score
-        from ..metrics.fidelity import fidelity_metrics, load_feature_net
+        from ..metrics.fidelity import feature_net_scores, load_feature_net
         from ..records import AuxMetrics, read_record
 
         images = images.clamp(-1, 1)
@@ -345,9 +344,9 @@ class DigitsText(ImageBenchmark):
             raise CheckpointError(f"feature network {fpath} was trained on {have[0]}x{have[1]}px images, "
                                   f"digits-text has {want[0]}x{want[1]}px: use the same data.source as digits")
         labels, (_, captions) = self.eval_labels(cfg, images.shape[0]), self.eval_captions(cfg, images.shape[0])
-        metrics = fidelity_metrics(images, heldout.images, fpath, device=ctx.device, prc=cfg.eval.prc)
+        metrics, cm = feature_net_scores(images, heldout.images, fpath, self.num_classes, labels, device=ctx.device,
+                                         prc=cfg.eval.prc)
         metrics.update(clip_score(self.load_clip(ctx)[0], images, captions))
-        cm = class_metrics(predict_classes(fnet.to("cpu"), images.cpu()), 10, cond=labels)
         metrics.update({k: cm[k] for k in ("class_accuracy", "class_entropy", "classes_covered")})
         clip_json = self.clip_path(ctx).parent / "metrics.json"
         if clip_json.exists():
