@@ -306,37 +306,25 @@ class Digits(ImageBenchmark):
         real-vs-real floor: train split against held-out split)."""
         from ..config import config_hash, to_dict
         from ..io import ensure_writable_dir, stage_outputs, torch_save
-        from ..metrics.classes import predict_classes
         from ..metrics.fidelity import features_checkpoint, fidelity_metrics
-        from ..nets.classifier import SmallCNN
         from ..records import AuxMetrics, Scores, provenance
-        from ..training.classifier import train_classifier
+        from ..training.classifier import train_feature_net
 
         cfg = self.setup(section)
-        fc, split, device = cfg.features, self.data(cfg), torch.device(ctx.device)
-        c, h, _ = split.train.shape
+        fc, split = cfg.features, self.data(cfg)
         out_dir = ensure_writable_dir(self.features_file(cfg, ctx).parent)
-        run = train_classifier(lambda: SmallCNN(c, h, split.train.num_classes, fc.width, fc.feature_dim, fc.dropout),
-                               split.train.images, split.train.labels, iterations=fc.iterations,
-                               batch_size=fc.batch_size, lr=fc.lr, augment_shift=fc.augment_shift, seed=fc.seed,
-                               device=device, progress=ctx.progress, desc=f"{self.name} features")
-        net = run.net
-        scale = net.calibrate(split.train.images.to(device))
-        acc = {part: float((predict_classes(net, getattr(split, part).images.to(device))
-                            == getattr(split, part).labels).double().mean()) for part in ("heldout", "train")}
-        net.cpu()
-        metrics = {"heldout_accuracy": acc["heldout"], "train_accuracy": acc["train"],
-                   "params": sum(p.numel() for p in net.parameters()), "feature_dim": fc.feature_dim,
-                   "feature_scale": scale, "train_size": len(split.train), "heldout_size": len(split.heldout)}
+        net, metrics, seconds = train_feature_net(fc, split, ctx.device, ctx.progress, f"{self.name} features")
         with stage_outputs(out_dir, "features") as out:
-            path = torch_save(out.path("checkpoint.pt"), features_checkpoint(net, {**metrics, "train_seconds": run.seconds}))
+            ckpt = features_checkpoint(net, {**metrics, "train_seconds": seconds})
+            path = torch_save(out.path("checkpoint.pt"), ckpt)
             floor = fidelity_metrics(split.train.images, split.heldout.images, path,
                                      kid_subset_size=cfg.eval.kid_subset_size, kid_subsets=cfg.eval.kid_subsets,
                                      device=ctx.device, seed=cfg.eval.seed)
-            rec = AuxMetrics(bench=self.name, net="features", metrics=metrics, train_seconds=run.seconds,
+            rec = AuxMetrics(bench=self.name, net="features", metrics=metrics, train_seconds=seconds,
                              real_floor=Scores.from_flat(floor), provenance=provenance(config_hash(to_dict(fc))))
             self.write_record(out.path("metrics.json"), rec)
-        log.info("%s features: held-out accuracy %.4f, real-vs-real FID %.3f", self.name, acc["heldout"], floor["fid"])
+        log.info("%s features: held-out accuracy %.4f, real-vs-real FID %.3f", self.name, metrics["heldout_accuracy"],
+                 floor["fid"])
         return rec
 
 
