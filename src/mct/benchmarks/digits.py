@@ -226,23 +226,8 @@ class Digits(ImageBenchmark):
     def during_training(self, cfg: DigitsConfig, ctx: RunContext):
         if not cfg.train.eval_every:
             return None
-        from ..metrics.fidelity import fid_only
-
         fpath = self.require(self.features_file(cfg, ctx), f"mct features --bench {self.name}")
-        reference, device = self.data(cfg).heldout.images, torch.device(ctx.device)
-
-        def evaluate(ema, it: int) -> dict:
-            was_training = ema.training
-            ema.eval()
-            rng = torch.Generator(device=device).manual_seed(cfg.eval.seed)
-            z, cond = self.eval_latents(cfg, ctx, cfg.eval.during_samples, rng, device)
-            bs = cfg.eval.batch_size
-            with torch.no_grad():
-                imgs = torch.cat([ema(z[i:i + bs], cond[i:i + bs]) for i in range(0, z.shape[0], bs)]).cpu()
-            ema.train(was_training)
-            return {"fid": fid_only(imgs, reference, fpath, ctx.device)}
-
-        return evaluate
+        return self.fid_curve(cfg, ctx, fpath, self.data(cfg).heldout.images, cfg.eval.during_samples)
 
     # ---- scoring
 
@@ -258,26 +243,10 @@ class Digits(ImageBenchmark):
         return {**m, **classes}
 
     def extra_metrics(self, cfg: DigitsConfig, ctx: RunContext, variant: str) -> dict:
-        """The M-step gradient variance of the run's final (non-EMA) generator, with and without
-        noise cancellation on the same E-step chains (docs/method.md#noise-cancellation)."""
+        """The M-step gradient variance with and without noise cancellation (``eval.grad_var_batches``; 0: none)."""
         if not cfg.eval.grad_var_batches:
             return {}
-        import time
-
-        from ..distill.diagnostics import mstep_gradient_variance
-        from ..checkpoint import load_state_strict
-
-        parts = self.build(cfg, ctx)
-        path, state = self.checkpoint_of(cfg, ctx, variant, ("generator", "student"))
-        load_state_strict(parts.generator, state["generator"], "generator", path)
-        load_state_strict(parts.student, state["student"], "student score", path)
-        parts.generator.eval()
-        parts.student.eval().requires_grad_(False)
-        t0 = time.perf_counter()
-        out = mstep_gradient_variance(parts.generator, parts.teacher, parts.student, self.latent_sampler(cfg, ctx),
-                                      cfg.em, cfg.train.sigma, cfg.train.batch_size, cfg.eval.grad_var_batches,
-                                      cfg.eval.seed, torch.device(ctx.device))
-        return {**out, "mstep_grad_seconds": round(time.perf_counter() - t0, 3)}
+        return self.mstep_grad_variance(cfg, ctx, variant, cfg.eval.grad_var_batches, cfg.eval.seed)
 
     # ---- the benchmark's own stages
 
