@@ -35,6 +35,7 @@ from ..config import deep_merge
 from ..diffusion.edm import SigmaDist
 from ..diffusion.samplers import SAMPLERS
 from ..distill.em import EMConfig
+from ..distill.init import PRECISIONS
 from ..distill.trainer import TrainConfig
 from ..errors import ConfigError, MCTError
 from ..io import write_json
@@ -49,7 +50,6 @@ ADM128_URL = "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/128x
 ADM128_REF_URL = ("https://openaipublic.blob.core.windows.net/diffusion/jul-2021/ref_batches/imagenet/128/"
                   "VIRTUAL_imagenet128_labeled.npz")
 TEACHER_KINDS = ("edm-pickle", "openai-adm")
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
