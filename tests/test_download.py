@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mct.errors import DownloadError
-from mct.teachers.download import LockFile, fetch, sha256_file
+from mct.errors import ConfigError, DownloadError, MCTError
+from mct.teachers.download import LockFile, fetch, fetch_or_local, file_name, link_atomically, sha256_file
 
 sys.path.insert(0, str(Path(__file__).parent))
 from paper_fixtures import LoopbackServer  # noqa: E402
@@ -135,3 +135,32 @@ def test_sha256_file(tmp_path):
     p = tmp_path / "f"
     p.write_bytes(DATA)
     assert sha256_file(p, chunk=4096) == SHA
+
+
+def test_local_copy_instead_of_a_download(server, tmp_path):
+    """A configured local copy is used as it is (never fetched), checked against its pin when one is given;
+    without one, the file is fetched to dest."""
+    local, dest, url = tmp_path / "copy.pkl", tmp_path / "out" / "teacher.pkl", server.url("/teacher.pkl")
+    local.write_bytes(DATA)
+    assert fetch_or_local(url, SHA, local, dest, lock_file=None, progress=False) == local
+    assert fetch_or_local(url, None, str(local), dest, lock_file=None, progress=False) == local
+    assert server.requests == [] and not dest.exists()
+    with pytest.raises(MCTError, match="does not match its configured sha256"):
+        fetch_or_local(url, "0" * 64, local, dest, lock_file=None, progress=False)
+    with pytest.raises(MCTError, match="does not exist"):
+        fetch_or_local(url, SHA, tmp_path / "missing.pkl", dest, lock_file=None, progress=False)
+    assert fetch_or_local(url, SHA, None, dest, lock_file=None, progress=False) == dest
+    assert dest.read_bytes() == DATA
+
+
+def test_file_name_and_atomic_link(tmp_path):
+    assert file_name("https://host/a/b/imagenet-64x64.npz?x=1") == "imagenet-64x64.npz"
+    with pytest.raises(ConfigError, match="cannot name a file"):
+        file_name("https://host/")
+    a, b, link = tmp_path / "a", tmp_path / "b", tmp_path / "teacher" / "checkpoint.pt"
+    a.write_text("a")
+    b.write_text("b")
+    link_atomically(link, a)
+    link_atomically(link, b)  # replaces the existing link
+    assert link.read_text() == "b" and os.readlink(link) == str(b)
+    assert sorted(p.name for p in link.parent.iterdir()) == ["checkpoint.pt"]

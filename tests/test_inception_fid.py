@@ -12,8 +12,8 @@ import torch
 
 from mct.errors import CheckpointError, DataError
 from mct.metrics.inception import (FeatureNet, RunningStats, check_weights_file, class_balanced_labels,
-                                   fid_over_seeds, frechet_distance, load_reference_stats, to_uint8,
-                                   write_reference_stats)
+                                   fid_of_sampler, fid_over_seeds, frechet_distance, load_reference_stats,
+                                   to_uint8, write_reference_stats)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from paper_fixtures import register_tiny_extractor  # noqa: E402
@@ -118,6 +118,43 @@ def test_fid_with_registered_extractor_min_over_seeds(tmp_path):
     assert same["fid_seeds"][0] != same["fid_seeds"][1]  # the seeds really draw other samples
     with pytest.raises(DataError, match="not registered"):
         FeatureNet("no-such-extractor", "16")
+
+
+def test_fid_of_sampler_streams_class_balanced_draws(tmp_path):
+    """fid_of_sampler is fid_over_seeds over z ~ N(0, I) of the given shape and class-balanced labels per
+    seed: the same numbers as the sampler written out by hand, every label seen once per sample index,
+    the first seed's first images in the grid."""
+    name = register_tiny_extractor()
+    feats = FeatureNet(name, "16", batch_size=32)
+    base = torch.linspace(-0.8, 0.8, 8).reshape(1, 1, 1, 8)
+    ref = tmp_path / "ref.npz"
+    real = base + 0.3 * torch.randn(800, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+    write_reference_stats(ref, feats(real.clamp(-1, 1)))
+    mu, sigma = load_reference_stats(ref, dim=16)
+    seen = []
+
+    def make_images(z, labels):
+        seen.append(labels.clone())
+        return base + 0.3 * z + 0.05 * labels.float().reshape(-1, 1, 1, 1)
+
+    grid = tmp_path / "grid.png"
+    got = fid_of_sampler(make_images, feats, mu, sigma, shape=(3, 8, 8), num_classes=10, num_samples=300,
+                         seeds=[0, 1], batch_size=128, grid=12, grid_path=grid)
+
+    def by_hand(seed):
+        labels = class_balanced_labels(300, 10, seed)
+
+        def sample(start, n, rng):
+            z = torch.randn((n, 3, 8, 8), generator=rng)
+            return (base + 0.3 * z + 0.05 * labels[start:start + n].float().reshape(-1, 1, 1, 1)).clamp(-1, 1)
+
+        return sample
+
+    want = fid_over_seeds(by_hand, feats, mu, sigma, num_samples=300, seeds=[0, 1], batch_size=128)
+    assert got["fid_seeds"] == want["fid_seeds"] and got["fid"] == want["fid"]
+    assert (got["feature_extractor"], got["feature_layer"]) == (name, "16") and got["eval_seconds"] >= 0
+    assert torch.equal(torch.cat(seen[:3]), class_balanced_labels(300, 10, 0))
+    assert grid.is_file()
 
 
 def test_feature_weights_must_be_plain(tmp_path):

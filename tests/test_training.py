@@ -16,7 +16,7 @@ from mct.diffusion.edm import EDMPrecond, SigmaDist
 from mct.errors import TrainingDiverged
 from mct.nets.unet import build_unet
 from mct.teachers.trained import read_checkpoint
-from mct.training.classifier import shift_batch, train_classifier
+from mct.training.classifier import shift_batch, train_classifier, train_feature_net
 from mct.training.ema import ema_update
 from mct.training.edm_teacher import label_condition, table_condition, train_edm_teacher
 
@@ -110,6 +110,11 @@ def test_classifier_reproduces_the_digits_features_stage(digits_stages):
         assert r["lr"] == pytest.approx(fc.lr * (1 + math.cos(math.pi * (r["iteration"] - 1) / fc.iterations)) / 2,
                                         rel=1e-12)
     assert differs(run(fc.seed + 1).net.state_dict(), state["state"])
+    # the stage's own call: the same weights, and the metrics it recorded
+    net, metrics, _ = train_feature_net(fc, split)
+    assert_same_state(net.state_dict(), state["state"])
+    assert metrics == {k: state["metrics"][k] for k in metrics}
+    assert next(net.parameters()).device.type == "cpu"
 
 
 # ----------------------------------------------------------------------------- digits-text

@@ -226,59 +226,27 @@ class Digits(ImageBenchmark):
     def during_training(self, cfg: DigitsConfig, ctx: RunContext):
         if not cfg.train.eval_every:
             return None
-        from ..metrics.fidelity import fid_only
-
         fpath = self.require(self.features_file(cfg, ctx), f"mct features --bench {self.name}")
-        reference, device = self.data(cfg).heldout.images, torch.device(ctx.device)
-
-        def evaluate(ema, it: int) -> dict:
-            was_training = ema.training
-            ema.eval()
-            rng = torch.Generator(device=device).manual_seed(cfg.eval.seed)
-            z, cond = self.eval_latents(cfg, ctx, cfg.eval.during_samples, rng, device)
-            bs = cfg.eval.batch_size
-            with torch.no_grad():
-                imgs = torch.cat([ema(z[i:i + bs], cond[i:i + bs]) for i in range(0, z.shape[0], bs)]).cpu()
-            ema.train(was_training)
-            return {"fid": fid_only(imgs, reference, fpath, ctx.device)}
-
-        return evaluate
+        return self.fid_curve(cfg, ctx, fpath, self.data(cfg).heldout.images, cfg.eval.during_samples)
 
     # ---- scoring
 
     def score(self, cfg: DigitsConfig, ctx: RunContext, images, cond, rng) -> dict:
         """FID/KID/PR against the held-out split and the class metrics of ``images``."""
-        from ..metrics.classes import class_metrics, predict_classes
-        from ..metrics.fidelity import fidelity_metrics, load_feature_net
+        from ..metrics.fidelity import feature_net_scores
 
         fpath = self.require(self.features_file(cfg, ctx), f"mct features --bench {self.name}")
-        m = fidelity_metrics(images, self.data(cfg).heldout.images, fpath, kid_subset_size=cfg.eval.kid_subset_size,
-                             kid_subsets=cfg.eval.kid_subsets, device=ctx.device, seed=cfg.eval.seed)
-        pred = predict_classes(load_feature_net(fpath), images.float().clamp(-1, 1))
-        m.update(class_metrics(pred, self.num_classes, cond if cfg.conditional and cond is not None else None))
-        return m
+        m, classes = feature_net_scores(images, self.data(cfg).heldout.images, fpath, self.num_classes,
+                                        cond if cfg.conditional and cond is not None else None,
+                                        kid_subset_size=cfg.eval.kid_subset_size, kid_subsets=cfg.eval.kid_subsets,
+                                        device=ctx.device, seed=cfg.eval.seed)
+        return {**m, **classes}
 
     def extra_metrics(self, cfg: DigitsConfig, ctx: RunContext, variant: str) -> dict:
-        """The M-step gradient variance of the run's final (non-EMA) generator, with and without
-        noise cancellation on the same E-step chains (docs/method.md#noise-cancellation)."""
+        """The M-step gradient variance with and without noise cancellation (``eval.grad_var_batches``; 0: none)."""
         if not cfg.eval.grad_var_batches:
             return {}
-        import time
-
-        from ..distill.diagnostics import mstep_gradient_variance
-        from ..checkpoint import load_state_strict
-
-        parts = self.build(cfg, ctx)
-        path, state = self.checkpoint_of(cfg, ctx, variant, ("generator", "student"))
-        load_state_strict(parts.generator, state["generator"], "generator", path)
-        load_state_strict(parts.student, state["student"], "student score", path)
-        parts.generator.eval()
-        parts.student.eval().requires_grad_(False)
-        t0 = time.perf_counter()
-        out = mstep_gradient_variance(parts.generator, parts.teacher, parts.student, self.latent_sampler(cfg, ctx),
-                                      cfg.em, cfg.train.sigma, cfg.train.batch_size, cfg.eval.grad_var_batches,
-                                      cfg.eval.seed, torch.device(ctx.device))
-        return {**out, "mstep_grad_seconds": round(time.perf_counter() - t0, 3)}
+        return self.mstep_grad_variance(cfg, ctx, variant, cfg.eval.grad_var_batches, cfg.eval.seed)
 
     # ---- the benchmark's own stages
 
@@ -307,37 +275,25 @@ class Digits(ImageBenchmark):
         real-vs-real floor: train split against held-out split)."""
         from ..config import config_hash, to_dict
         from ..io import ensure_writable_dir, stage_outputs, torch_save
-        from ..metrics.classes import predict_classes
         from ..metrics.fidelity import features_checkpoint, fidelity_metrics
-        from ..nets.classifier import SmallCNN
         from ..records import AuxMetrics, Scores, provenance
-        from ..training.classifier import train_classifier
+        from ..training.classifier import train_feature_net
 
         cfg = self.setup(section)
-        fc, split, device = cfg.features, self.data(cfg), torch.device(ctx.device)
-        c, h, _ = split.train.shape
+        fc, split = cfg.features, self.data(cfg)
         out_dir = ensure_writable_dir(self.features_file(cfg, ctx).parent)
-        run = train_classifier(lambda: SmallCNN(c, h, split.train.num_classes, fc.width, fc.feature_dim, fc.dropout),
-                               split.train.images, split.train.labels, iterations=fc.iterations,
-                               batch_size=fc.batch_size, lr=fc.lr, augment_shift=fc.augment_shift, seed=fc.seed,
-                               device=device, progress=ctx.progress, desc=f"{self.name} features")
-        net = run.net
-        scale = net.calibrate(split.train.images.to(device))
-        acc = {part: float((predict_classes(net, getattr(split, part).images.to(device))
-                            == getattr(split, part).labels).double().mean()) for part in ("heldout", "train")}
-        net.cpu()
-        metrics = {"heldout_accuracy": acc["heldout"], "train_accuracy": acc["train"],
-                   "params": sum(p.numel() for p in net.parameters()), "feature_dim": fc.feature_dim,
-                   "feature_scale": scale, "train_size": len(split.train), "heldout_size": len(split.heldout)}
+        net, metrics, seconds = train_feature_net(fc, split, ctx.device, ctx.progress, f"{self.name} features")
         with stage_outputs(out_dir, "features") as out:
-            path = torch_save(out.path("checkpoint.pt"), features_checkpoint(net, {**metrics, "train_seconds": run.seconds}))
+            ckpt = features_checkpoint(net, {**metrics, "train_seconds": seconds})
+            path = torch_save(out.path("checkpoint.pt"), ckpt)
             floor = fidelity_metrics(split.train.images, split.heldout.images, path,
                                      kid_subset_size=cfg.eval.kid_subset_size, kid_subsets=cfg.eval.kid_subsets,
                                      device=ctx.device, seed=cfg.eval.seed)
-            rec = AuxMetrics(bench=self.name, net="features", metrics=metrics, train_seconds=run.seconds,
+            rec = AuxMetrics(bench=self.name, net="features", metrics=metrics, train_seconds=seconds,
                              real_floor=Scores.from_flat(floor), provenance=provenance(config_hash(to_dict(fc))))
             self.write_record(out.path("metrics.json"), rec)
-        log.info("%s features: held-out accuracy %.4f, real-vs-real FID %.3f", self.name, acc["heldout"], floor["fid"])
+        log.info("%s features: held-out accuracy %.4f, real-vs-real FID %.3f", self.name, metrics["heldout_accuracy"],
+                 floor["fid"])
         return rec
 
 

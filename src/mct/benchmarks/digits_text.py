@@ -54,9 +54,6 @@ from .images import ImageBenchmark
 
 log = logging.getLogger(__name__)
 
-CLIP_FORMAT = "mct-clip-v1"
-
-
 # ----------------------------------------------------------------------------- config
 
 
@@ -181,6 +178,7 @@ class DigitsText(ImageBenchmark):
 
     def read_clip(self, ctx: RunContext) -> dict:
         from ..checkpoint import read_checkpoint
+        from ..metrics.clip import CLIP_FORMAT
 
         path = self.clip_path(ctx)
         if not path.exists():
@@ -189,18 +187,10 @@ class DigitsText(ImageBenchmark):
 
     def load_clip(self, ctx: RunContext):
         """The trained tiny CLIP as a :class:`~mct.metrics.clip.ClipScorer` and its checkpoint dict."""
-        from ..metrics.clip import ClipScorer, build_clip
-        from ..checkpoint import load_state_strict as load_strict
+        from ..metrics.clip import scorer_of_checkpoint
 
-        path = self.clip_path(ctx)
         state = self.read_clip(ctx)
-        try:
-            model, tokenizer = build_clip(state["config"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"checkpoint {path} has an unusable CLIP config: {exc}") from None
-        load_strict(model, state.get("state"), "CLIP", path)
-        model.requires_grad_(False)
-        return ClipScorer(model, tokenizer, device=ctx.device, batch_size=512), state
+        return scorer_of_checkpoint(state, self.clip_path(ctx), device=ctx.device, batch_size=512), state
 
     def stored_cond_table(self, cfg: DigitsTextConfig, ctx: RunContext) -> Tensor:
         """The conditioning table the CLIP stage computed and stored (the teacher and the
@@ -225,7 +215,7 @@ class DigitsText(ImageBenchmark):
         open_clip's local-dir files, train_log.csv, metrics.json (real-image CLIP score: the ceiling)}."""
         from ..config import config_hash, to_dict
         from ..io import ensure_writable_dir, stage_outputs, torch_save, write_csv
-        from ..metrics.clip import caption_scores
+        from ..metrics.clip import caption_scores, clip_checkpoint
         from ..records import AuxMetrics, provenance
         from ..training.clip import cond_table, save_clip, train_caption_clip
 
@@ -244,9 +234,7 @@ class DigitsText(ImageBenchmark):
             for f in save_clip(run.model, run.config, out_dir).iterdir():  # open_clip's local-dir layout
                 if f.name.startswith("open_clip_"):
                     out.add(f)
-            torch_save(out.path("checkpoint.pt"), {
-                "format": CLIP_FORMAT, "config": run.config, "templates": list(templates), "metrics": metrics,
-                "state": {k: v.detach().cpu() for k, v in run.model.state_dict().items()}, "cond_table": table.cpu()})
+            torch_save(out.path("checkpoint.pt"), clip_checkpoint(run.model, run.config, templates, metrics, table))
             write_csv(out.path("train_log.csv"), run.logs)
             rec = AuxMetrics(bench=self.name, net="clip", metrics=metrics, train_seconds=run.seconds,
                              provenance=provenance(config_hash(to_dict(cfg.clip))))
@@ -330,9 +318,8 @@ class DigitsText(ImageBenchmark):
 
     def score(self, cfg: DigitsTextConfig, ctx: RunContext, images, cond, rng) -> dict:
         """FID/KID/PR on the digits features, the CLIP score of the captions, class accuracy."""
-        from ..metrics.classes import class_metrics, predict_classes
         from ..metrics.clip import clip_score
-        from ..metrics.fidelity import fidelity_metrics, load_feature_net
+        from ..metrics.fidelity import feature_net_scores, load_feature_net
         from ..records import AuxMetrics, read_record
 
         images = images.clamp(-1, 1)
@@ -345,9 +332,9 @@ class DigitsText(ImageBenchmark):
             raise CheckpointError(f"feature network {fpath} was trained on {have[0]}x{have[1]}px images, "
                                   f"digits-text has {want[0]}x{want[1]}px: use the same data.source as digits")
         labels, (_, captions) = self.eval_labels(cfg, images.shape[0]), self.eval_captions(cfg, images.shape[0])
-        metrics = fidelity_metrics(images, heldout.images, fpath, device=ctx.device, prc=cfg.eval.prc)
+        metrics, cm = feature_net_scores(images, heldout.images, fpath, self.num_classes, labels, device=ctx.device,
+                                         prc=cfg.eval.prc)
         metrics.update(clip_score(self.load_clip(ctx)[0], images, captions))
-        cm = class_metrics(predict_classes(fnet.to("cpu"), images.cpu()), 10, cond=labels)
         metrics.update({k: cm[k] for k in ("class_accuracy", "class_entropy", "classes_covered")})
         clip_json = self.clip_path(ctx).parent / "metrics.json"
         if clip_json.exists():

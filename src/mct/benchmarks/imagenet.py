@@ -24,23 +24,22 @@ trust-on-first-use lock file), ``teacher_eval`` (the teacher's own FID with EDM'
 from __future__ import annotations
 
 import logging
-import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
-from urllib.parse import urlparse
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from ..config import deep_merge
 from ..diffusion.edm import SigmaDist
 from ..diffusion.samplers import SAMPLERS
 from ..distill.em import EMConfig
+from ..distill.init import PRECISIONS
 from ..distill.trainer import TrainConfig
 from ..errors import ConfigError, MCTError
-from ..io import ensure_writable_dir, save_image_grid, write_json
+from ..io import write_json
+from ..teachers.download import fetch_or_local, file_name, link_atomically, sha256_file
 from .base import Benchmark, Parts, RunContext
 
 log = logging.getLogger(__name__)
@@ -51,7 +50,6 @@ ADM128_URL = "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/128x
 ADM128_REF_URL = ("https://openaipublic.blob.core.windows.net/diffusion/jul-2021/ref_batches/imagenet/128/"
                   "VIRTUAL_imagenet128_labeled.npz")
 TEACHER_KINDS = ("edm-pickle", "openai-adm")
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -193,22 +191,6 @@ DEFAULTS: dict[str, dict] = {
 }
 
 
-def _file_name(url: str) -> str:
-    name = Path(urlparse(url).path).name
-    if not name:
-        raise ConfigError(f"cannot name a file after the URL {url!r}")
-    return name
-
-
-def _link(link: Path, target: Path) -> None:
-    """Point ``link`` at ``target`` (a symlink replaced atomically)."""
-    ensure_writable_dir(link.parent)
-    tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    os.symlink(target, tmp)
-    os.replace(tmp, link)
-
-
 class ImageNet(Benchmark):
     config_cls = ImageNetConfig
     stages = ("teacher_fetch", "teacher_eval", "distill", "evaluate", "summarize")
@@ -238,27 +220,14 @@ class ImageNet(Benchmark):
     def ref_file(self, cfg: ImageNetConfig, ctx: RunContext) -> Path:
         if cfg.eval.ref_path:
             return Path(cfg.eval.ref_path)
-        return ctx.bench_dir(self.name) / "refs" / _file_name(cfg.eval.ref_url)
+        return ctx.bench_dir(self.name) / "refs" / file_name(cfg.eval.ref_url)
 
     def feature_weights_file(self, cfg: ImageNetConfig, ctx: RunContext) -> Optional[Path]:
         if cfg.eval.feature_extractor_weights_path:
             return Path(cfg.eval.feature_extractor_weights_path)
         if cfg.eval.feature_extractor != "inception-v3-compat":
             return None  # another registered extractor brings its own weights
-        return ctx.bench_dir(self.name) / "refs" / _file_name(cfg.eval.feature_extractor_url)
-
-    def _fetch(self, url: str, sha256: Optional[str], local: Optional[str], dest: Path, cfg: ImageNetConfig,
-               ctx: RunContext) -> Path:
-        from ..teachers.download import fetch, sha256_file
-
-        if local:
-            path = Path(local)
-            if not path.is_file():
-                raise MCTError(f"{path} (configured as a local copy of {url}) does not exist")
-            if sha256 and sha256_file(path) != sha256.lower():
-                raise MCTError(f"{path} does not match its configured sha256 {sha256}")
-            return path
-        return fetch(url, dest, sha256=sha256, lock_file=cfg.lock_file, progress=ctx.progress)
+        return ctx.bench_dir(self.name) / "refs" / file_name(cfg.eval.feature_extractor_url)
 
     def _require(self, path: Path, what: str) -> Path:
         if not path.is_file():
@@ -269,26 +238,25 @@ class ImageNet(Benchmark):
 
     def teacher_fetch(self, section: dict, ctx: RunContext) -> dict:
         """Download (or verify) the teacher, the reference statistics and the Inception weights."""
-        cfg = self.parse(section)
-        t, e = cfg.teacher, cfg.eval
-        teacher = self._fetch(t.url, t.sha256, t.path, self.teacher_file(cfg, ctx), cfg, ctx)
-        declared = ctx.bench_dir(self.name) / "teacher" / "checkpoint.pt"
-        ref = self._fetch(e.ref_url, e.ref_sha256, e.ref_path, self.ref_file(cfg, ctx), cfg, ctx)
-        weights = self.feature_weights_file(cfg, ctx)
-        if weights is not None:
-            weights = self._fetch(e.feature_extractor_url, e.feature_extractor_sha256,
-                                  e.feature_extractor_weights_path, weights, cfg, ctx)
         from ..metrics.inception import load_reference_stats
-        from ..teachers.download import sha256_file
         from ..teachers.inspect import inspect_checkpoint
 
+        cfg = self.parse(section)
+        t, e, lock, bar = cfg.teacher, cfg.eval, cfg.lock_file, ctx.progress
+        teacher = fetch_or_local(t.url, t.sha256, t.path, self.teacher_file(cfg, ctx), lock, bar)
+        declared = ctx.bench_dir(self.name) / "teacher" / "checkpoint.pt"
+        ref = fetch_or_local(e.ref_url, e.ref_sha256, e.ref_path, self.ref_file(cfg, ctx), lock, bar)
+        weights = self.feature_weights_file(cfg, ctx)
+        if weights is not None:
+            weights = fetch_or_local(e.feature_extractor_url, e.feature_extractor_sha256,
+                                     e.feature_extractor_weights_path, weights, lock, bar)
         load_reference_stats(ref, e.feature_dim)
-        info = {"bench": self.name, "kind": t.kind, "url": t.url, "file_name": _file_name(t.url),
+        info = {"bench": self.name, "kind": t.kind, "url": t.url, "file_name": file_name(t.url),
                 "path": str(teacher), "sha256": sha256_file(teacher), "reference": str(ref),
                 "reference_sha256": sha256_file(ref),
                 "feature_weights": str(weights) if weights else None, "description": inspect_checkpoint(teacher)}
         if t.path:  # a local copy: the declared output points at it (only once everything checked out)
-            _link(declared, Path(t.path).resolve())
+            link_atomically(declared, Path(t.path).resolve())
         write_json(ctx.bench_dir(self.name) / "teacher" / "teacher.json", info)
         log.info("%s: teacher %s, reference %s ready", self.name, teacher, ref)
         return info
@@ -349,38 +317,15 @@ class ImageNet(Benchmark):
         return feats, ref_mu, ref_sigma
 
     def _score(self, cfg: ImageNetConfig, ctx: RunContext, make_images, num_samples: int, seeds, grid_path: Path):
-        """FID over seeds of class-balanced samples, streamed; ``make_images(z, labels)`` -> images in [-1, 1]."""
-        from ..metrics.inception import class_balanced_labels, fid_over_seeds
+        """FID over seeds of class-balanced samples, streamed (:func:`mct.metrics.inception.fid_of_sampler`)."""
+        from ..metrics.inception import fid_of_sampler
 
         feats, ref_mu, ref_sigma = self._features(cfg, ctx)
-        device = torch.device(ctx.device)
-        shape = (cfg.channels, cfg.resolution, cfg.resolution)
-        grid: list[Tensor] = []
-
-        def sample_for_seed(seed: int):
-            labels = class_balanced_labels(num_samples, cfg.num_classes, seed)
-
-            def sample(start: int, n: int, rng: torch.Generator) -> Tensor:
-                z = torch.randn((n, *shape), generator=rng).to(device)
-                with torch.no_grad():
-                    x = make_images(z, labels[start:start + n].to(device))
-                return x.float().clamp(-1, 1).cpu()
-
-            return sample
-
-        def keep_grid(seed, start, images):
-            if seed == seeds[0] and sum(g.shape[0] for g in grid) < cfg.eval.grid:
-                grid.append(images[: cfg.eval.grid])
-
-        t0 = time.perf_counter()
-        result = fid_over_seeds(sample_for_seed, feats, ref_mu, ref_sigma, num_samples, list(seeds),
-                                cfg.eval.batch_size, on_batch=keep_grid, progress=ctx.progress)
-        if grid:
-            save_image_grid(grid_path, torch.cat(grid)[: cfg.eval.grid], nrow=8)
-        result.update({"eval_seconds": round(time.perf_counter() - t0, 3),
-                       "reference": cfg.eval.ref_path or cfg.eval.ref_url,
-                       "feature_extractor": cfg.eval.feature_extractor, "feature_layer": cfg.eval.feature_layer})
-        return result
+        result = fid_of_sampler(make_images, feats, ref_mu, ref_sigma, shape=(cfg.channels, cfg.resolution,
+                                cfg.resolution), num_classes=cfg.num_classes, num_samples=num_samples, seeds=seeds,
+                                batch_size=cfg.eval.batch_size, device=ctx.device, grid=cfg.eval.grid,
+                                grid_path=grid_path, progress=ctx.progress)
+        return {**result, "reference": cfg.eval.ref_path or cfg.eval.ref_url}
 
     def _teacher_note(self) -> dict:
         if self.name == "imagenet128":

@@ -1,6 +1,8 @@
 """The stages every embedded image benchmark (digits, mnist, digits-text) shares, written once:
 the teacher scored with its multi-step sampler at each NFE, the joint MCMC correction of the
-main variant's one-step samples, sample grids a reader can see, and the claims table.
+main variant's one-step samples, sample grids a reader can see, the claims table, and the
+diagnostics a benchmark may turn on (the FID-vs-iteration curve on its feature network, the
+M-step gradient variance of a finished run).
 
 A subclass adds its data, teacher and scoring hooks (see :class:`mct.benchmarks.base.Benchmark`)
 and ``teacher_nfes(cfg)`` / ``sampler(cfg)`` / ``teacher_for_eval(cfg, ctx)``."""
@@ -176,6 +178,46 @@ class ImageBenchmark(Benchmark):
         log.info("%s %s correction (%d steps, sigma %.3g): FID %.3f -> %.3f", self.name, variant, cc.steps,
                  cc.sigma, rec.before.get("fid"), rec.after.get("fid"))
         return rec
+
+    def fid_curve(self, cfg, ctx: RunContext, features: Path, reference: Tensor, num_samples: int):
+        """``evaluate(ema, iteration) -> {"fid": ...}`` for the FID-vs-iteration curve: ``num_samples``
+        images of the EMA generator at the evaluation latents (``eval.seed``), FID on the feature network
+        ``features`` against ``reference``."""
+        from ..metrics.fidelity import fid_only
+
+        device = torch.device(ctx.device)
+
+        def evaluate(ema, it: int) -> dict:
+            was_training = ema.training
+            ema.eval()
+            rng = torch.Generator(device=device).manual_seed(cfg.eval.seed)
+            z, cond = self.eval_latents(cfg, ctx, num_samples, rng, device)
+            bs = cfg.eval.batch_size
+            with torch.no_grad():
+                imgs = torch.cat([ema(z[i:i + bs], cond[i:i + bs]) for i in range(0, z.shape[0], bs)]).cpu()
+            ema.train(was_training)
+            return {"fid": fid_only(imgs, reference, features, ctx.device)}
+
+        return evaluate
+
+    def mstep_grad_variance(self, cfg, ctx: RunContext, variant: str, batches: int, seed: int) -> dict:
+        """The M-step gradient variance of the run's final (non-EMA) generator over ``batches`` fixed
+        batches, with and without noise cancellation on the same E-step chains
+        (docs/method.md#noise-cancellation), and the seconds it took."""
+        from ..checkpoint import load_state_strict
+        from ..distill.diagnostics import mstep_gradient_variance
+
+        parts = self.build(cfg, ctx)
+        path, state = self.checkpoint_of(cfg, ctx, variant, ("generator", "student"))
+        load_state_strict(parts.generator, state["generator"], "generator", path)
+        load_state_strict(parts.student, state["student"], "student score", path)
+        parts.generator.eval()
+        parts.student.eval().requires_grad_(False)
+        t0 = time.perf_counter()
+        out = mstep_gradient_variance(parts.generator, parts.teacher, parts.student, self.latent_sampler(cfg, ctx),
+                                      cfg.em, cfg.train.sigma, cfg.train.batch_size, batches, seed,
+                                      torch.device(ctx.device))
+        return {**out, "mstep_grad_seconds": round(time.perf_counter() - t0, 3)}
 
     def save_teacher(self, ctx: RunContext, run, iterations: int, meta: dict) -> dict:
         """Write a trained teacher (:class:`mct.training.edm_teacher.TeacherRun`) -> teacher/{checkpoint.pt,

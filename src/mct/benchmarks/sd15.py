@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -29,7 +28,6 @@ from ..distill.em import EMConfig
 from ..distill.init import INITS, PRECISIONS
 from ..distill.trainer import TrainConfig
 from ..errors import ConfigError, MCTError
-from ..io import save_image_grid
 from .base import Benchmark, Parts, RunContext
 
 log = logging.getLogger(__name__)
@@ -256,54 +254,20 @@ class SD15(Benchmark):
 
     def _score(self, cfg: SD15Config, ctx: RunContext, sample: Callable, num: int, grid_path: Path, desc: str) -> dict:
         """One image per evaluation caption: ``sample(z, cond) -> latents`` per batch, VAE decode, then
-        the CLIP score and FID against ``eval.ref_dir``; a sample grid at ``grid_path``."""
-        from tqdm.auto import tqdm
-
+        the CLIP score and FID against ``eval.ref_dir`` (:func:`mct.metrics.text_to_image.score_text_to_image`)."""
         from ..data.prompts import load_prompts
-        from ..metrics.clip import clean_resize, fid_against_directory, load_clip_scorer
+        from ..metrics.text_to_image import score_text_to_image
 
         ev, teacher = cfg.eval, self.teacher(cfg, ctx)
-        prompts = load_prompts(ev.prompts, num, ev.prompt_seed)
-        scorer = load_clip_scorer(ev.clip_model, ev.clip_pretrained, device=ctx.device,
-                                  batch_size=ev.clip_batch_size) if ev.clip else None
-        g = torch.Generator().manual_seed(ev.seed)
-        cos, fid_imgs, grid, sample_seconds, t0 = [], [], [], 0.0, time.perf_counter()
-        for i in tqdm(range(0, len(prompts), ev.batch_size), desc=desc, disable=not ctx.progress,
-                      dynamic_ncols=True, mininterval=1.0):
-            batch = prompts[i:i + ev.batch_size]
-            z = torch.randn((len(batch), *teacher.latent_shape), generator=g).to(ctx.device)
-            with torch.no_grad():
-                cond = teacher.encode(batch)
-                ts = time.perf_counter()
-                latents = sample(z, cond)
-                if latents.is_cuda:
-                    torch.cuda.synchronize(latents.device)
-                sample_seconds += time.perf_counter() - ts
-                images = teacher.decode(latents)
-            if scorer is not None:
-                cos.append(scorer.cosine(images, batch))
-            if ev.fid:
-                fid_imgs.append(clean_resize(images.cpu(), ev.fid_size))
-            if sum(x.shape[0] for x in grid) < ev.grid:
-                grid.append(images.cpu())
-        n = len(prompts)
-        metrics: dict[str, Any] = {"num_samples": n, "sample_seconds": round(sample_seconds, 3),
-                                   "samples_per_second": round(n / max(sample_seconds, 1e-9), 2)}
-        if cos:
-            c = torch.cat(cos).double().mean()
-            metrics.update(clip_score=100 * float(c), clip_score_fraction=float(c),
-                           clip_model=f"{ev.clip_model}/{ev.clip_pretrained}")
-        if ev.fid:
-            cache_root = str(ctx.bench_dir(self.name) / "fid_cache") if ev.ref_cache_name else None
-            metrics.update(fid_against_directory(
-                torch.cat(fid_imgs), ev.ref_dir, size=ev.fid_size, center_crop=ev.center_crop, device=ctx.device,
-                feature_extractor=ev.feature_extractor,
-                feature_extractor_weights_path=ev.feature_extractor_weights_path,
-                cache_root=cache_root, ref_cache_name=ev.ref_cache_name, ref_limit=ev.ref_limit))
-        metrics["eval_seconds"] = round(time.perf_counter() - t0, 3)
-        imgs = torch.cat(grid)[:ev.grid]
-        save_image_grid(grid_path, imgs, nrow=max(1, int(len(imgs) ** 0.5)))
-        return metrics
+        cache_root = str(ctx.bench_dir(self.name) / "fid_cache") if ev.ref_cache_name else None
+        return score_text_to_image(
+            load_prompts(ev.prompts, num, ev.prompt_seed), sample, teacher.encode, teacher.decode, teacher.latent_shape,
+            seed=ev.seed, batch_size=ev.batch_size, device=ctx.device, clip=ev.clip, clip_model=ev.clip_model,
+            clip_pretrained=ev.clip_pretrained, clip_batch_size=ev.clip_batch_size, fid=ev.fid, ref_dir=ev.ref_dir,
+            fid_size=ev.fid_size, center_crop=ev.center_crop, feature_extractor=ev.feature_extractor,
+            feature_extractor_weights_path=ev.feature_extractor_weights_path, cache_root=cache_root,
+            ref_cache_name=ev.ref_cache_name, ref_limit=ev.ref_limit, grid=ev.grid, grid_path=grid_path,
+            progress=ctx.progress, desc=desc)
 
     NOT_SCORES = ("num_samples", "sample_seconds", "samples_per_second", "eval_seconds", "clip_model")
 

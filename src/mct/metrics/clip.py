@@ -182,6 +182,31 @@ def build_clip(config: dict, device="cpu"):
     return model, tokenizer
 
 
+# ----------------------------------------------------------------------------- the trained tiny CLIP's checkpoint
+
+CLIP_FORMAT = "mct-clip-v1"
+
+
+def clip_checkpoint(model, config: dict, templates: Sequence[str], metrics: dict, table: Tensor) -> dict:
+    """The ``mct-clip-v1`` dict: the weights, the config :func:`build_clip` rebuilds them from, the
+    caption templates, the conditioning table computed with them, and the CLIP stage's metrics."""
+    return {"format": CLIP_FORMAT, "config": config, "templates": list(templates), "metrics": metrics,
+            "state": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "cond_table": table.cpu()}
+
+
+def scorer_of_checkpoint(state: dict, path, device="cpu", batch_size: int = 512) -> ClipScorer:
+    """The frozen CLIP of a ``mct-clip-v1`` dict (read from ``path``, named in errors) as a scorer."""
+    from ..checkpoint import load_state_strict
+
+    try:
+        model, tokenizer = build_clip(state["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path} has an unusable CLIP config: {exc}") from None
+    load_state_strict(model, state.get("state"), "CLIP", path)
+    model.requires_grad_(False)
+    return ClipScorer(model, tokenizer, device=device, batch_size=batch_size)
+
+
 # ----------------------------------------------------------------------------- FID against a directory
 
 def clean_resize(images: Tensor, size: int = 256) -> Tensor:

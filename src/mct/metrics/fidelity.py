@@ -180,3 +180,15 @@ def fid_only(generated: Tensor, reference: Tensor, weights_path: str | os.PathLi
         batch_size=500, fid=True, feature_extractor=EXTRACTOR_NAME, feature_extractor_weights_path=str(weights_path),
         cache=False, save_cpu_ram=True, verbose=False, datasets_download=False)
     return max(0.0, float(out["frechet_inception_distance"]))
+
+
+def feature_net_scores(generated: Tensor, reference: Tensor, weights_path: str | os.PathLike, num_classes: int,
+                       cond: Optional[Tensor] = None, **fidelity_kw) -> tuple[dict, dict]:
+    """What the embedded image benchmarks read off one feature network: :func:`fidelity_metrics`
+    of ``generated`` against ``reference`` (``fidelity_kw`` passed on), and the class metrics of
+    the network's predictions on ``generated`` (the conditioning accuracy when ``cond`` is given)."""
+    from .classes import class_metrics, predict_classes
+
+    fid = fidelity_metrics(generated, reference, weights_path, **fidelity_kw)
+    pred = predict_classes(load_feature_net(weights_path).to("cpu"), generated.float().clamp(-1, 1).cpu())
+    return fid, class_metrics(pred, num_classes, cond)

@@ -203,6 +203,47 @@ def fid_over_seeds(sample_for_seed: Callable[[int], Callable[[int, int, torch.Ge
             "num_samples": num_samples}
 
 
+def fid_of_sampler(make_images: Callable[[Tensor, Tensor], Tensor], features: FeatureNet, ref_mu: np.ndarray,
+                   ref_sigma: np.ndarray, *, shape: Sequence[int], num_classes: int, num_samples: int,
+                   seeds: Sequence[int], batch_size: int, device: str | torch.device = "cpu", grid: int = 0,
+                   grid_path: Optional[str | Path] = None, progress: bool = False) -> dict:
+    """FID over ``seeds`` of ``num_samples`` class-balanced samples each, streamed (never all in
+    memory): ``make_images(z, labels)`` -> images in [-1, 1], ``z`` (n, *shape) drawn per seed.
+    The first ``grid`` images of the first seed go to ``grid_path``; the result also holds
+    ``eval_seconds`` and the extractor's name and layer."""
+    import time
+
+    from ..io import save_image_grid
+
+    device = torch.device(device)
+    shape = tuple(shape)
+    kept: list[Tensor] = []
+
+    def sample_for_seed(seed: int):
+        labels = class_balanced_labels(num_samples, num_classes, seed)
+
+        def sample(start: int, n: int, rng: torch.Generator) -> Tensor:
+            z = torch.randn((n, *shape), generator=rng).to(device)
+            with torch.no_grad():
+                x = make_images(z, labels[start:start + n].to(device))
+            return x.float().clamp(-1, 1).cpu()
+
+        return sample
+
+    def keep_grid(seed, start, images):
+        if seed == seeds[0] and sum(g.shape[0] for g in kept) < grid:
+            kept.append(images[:grid])
+
+    t0 = time.perf_counter()
+    result = fid_over_seeds(sample_for_seed, features, ref_mu, ref_sigma, num_samples, list(seeds), batch_size,
+                            on_batch=keep_grid, progress=progress)
+    if kept and grid_path is not None:
+        save_image_grid(grid_path, torch.cat(kept)[:grid], nrow=8)
+    result.update({"eval_seconds": round(time.perf_counter() - t0, 3), "feature_extractor": features.name,
+                   "feature_layer": features.layer})
+    return result
+
+
 def write_reference_stats(path: str | Path, features: Iterable[Tensor] | Tensor) -> Path:
     """mu/sigma of features -> .npz (atomic): for making reference statistics of one's own."""
     import io as _io

@@ -12,6 +12,10 @@
   verified download records the file's sha256 and size there (trust on first use; commit the
   file), and every later download or re-check must match it.
 
+:func:`fetch_or_local` uses a configured local copy instead when there is one (offline clusters);
+:func:`file_name` names a fetched file after its URL; :func:`link_atomically` points a declared
+output at a local copy.
+
 Errors are :class:`~mct.errors.DownloadError` with one message: an HTTP error, a download
 cut off before its announced length (the ``.part`` file is kept so that a rerun resumes),
 a checksum mismatch (the bad file is removed). Nothing is ever left at ``dest`` on failure.
@@ -30,10 +34,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Optional
+from urllib.parse import urlparse
 
 import yaml
 
-from ..errors import DownloadError
+from ..errors import ConfigError, DownloadError, MCTError
 from ..io import ensure_writable_dir, sha256_file, write_text
 
 log = logging.getLogger(__name__)
@@ -208,3 +213,35 @@ def fetch(url: str, dest: str | os.PathLike, sha256: Optional[str] = None,
                     url, actual, lock.path)
     log.info("fetched %s -> %s (%d bytes, sha256 %s)", url, dest, size, actual)
     return dest
+
+
+def file_name(url: str) -> str:
+    """The name a file fetched from ``url`` is stored under (the last part of the URL's path)."""
+    name = Path(urlparse(url).path).name
+    if not name:
+        raise ConfigError(f"cannot name a file after the URL {url!r}")
+    return name
+
+
+def link_atomically(link: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Point ``link`` at ``target`` (a symlink replaced atomically)."""
+    link = Path(link)
+    ensure_writable_dir(link.parent)
+    tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+
+
+def fetch_or_local(url: str, sha256: Optional[str], local: Optional[str | os.PathLike], dest: str | os.PathLike,
+                   lock_file: str | os.PathLike | None = DEFAULT_LOCK_FILE, progress: bool = True) -> Path:
+    """``local`` when one is configured (checked against ``sha256`` when one is given; never
+    downloaded), else :func:`fetch` of ``url`` to ``dest``. Returns the file to use."""
+    if local:
+        path = Path(local)
+        if not path.is_file():
+            raise MCTError(f"{path} (configured as a local copy of {url}) does not exist")
+        if sha256 and sha256_file(path) != sha256.lower():
+            raise MCTError(f"{path} does not match its configured sha256 {sha256}")
+        return path
+    return fetch(url, dest, sha256=sha256, lock_file=lock_file, progress=progress)

@@ -99,3 +99,29 @@ class FeaturesConfig:
             raise ConfigError("features needs width, feature_dim, iterations, batch_size >= 1 and lr > 0")
         if self.augment_shift < 0:
             raise ConfigError(f"augment_shift must be >= 0, got {self.augment_shift}")
+
+
+def train_feature_net(fc: FeaturesConfig, split, device="cpu", progress: bool = False,
+                      desc: str = "features") -> tuple[nn.Module, dict, float]:
+    """The feature network of a labelled ``split`` (:class:`mct.data.digits.DataSplit`): a
+    :class:`~mct.nets.classifier.SmallCNN` shaped by ``fc`` trained on ``split.train``, its feature
+    scale calibrated there, then its accuracy on both parts. Returns (the network on the CPU, its
+    metrics, the training seconds)."""
+    from ..metrics.classes import predict_classes
+    from ..nets.classifier import SmallCNN
+
+    device = torch.device(device)
+    c, h, _ = split.train.shape
+    run = train_classifier(lambda: SmallCNN(c, h, split.train.num_classes, fc.width, fc.feature_dim, fc.dropout),
+                           split.train.images, split.train.labels, iterations=fc.iterations,
+                           batch_size=fc.batch_size, lr=fc.lr, augment_shift=fc.augment_shift, seed=fc.seed,
+                           device=device, progress=progress, desc=desc)
+    net = run.net
+    scale = net.calibrate(split.train.images.to(device))
+    acc = {part: float((predict_classes(net, getattr(split, part).images.to(device))
+                        == getattr(split, part).labels).double().mean()) for part in ("heldout", "train")}
+    net.cpu()
+    metrics = {"heldout_accuracy": acc["heldout"], "train_accuracy": acc["train"],
+               "params": sum(p.numel() for p in net.parameters()), "feature_dim": fc.feature_dim,
+               "feature_scale": scale, "train_size": len(split.train), "heldout_size": len(split.heldout)}
+    return net, metrics, run.seconds
