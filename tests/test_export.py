@@ -275,6 +275,8 @@ def test_bad_labels_and_prompts_exit_2_with_one_line(runs, tmp_path, capsys):
         (["--bench", "digits", "--labels", "0,seven"], "--labels must be integers"),
         (["--bench", "digits-text", "--prompts", str(big)], "more than the 1048576 allowed"),
         (["--bench", "digits-text", "--prompts", str(tmp_path / "missing.txt")], "does not exist"),
+        (["--bench", "digits-text", "--prompts", "/dev/zero"], "more than the 1048576 allowed"),
+        (["--bench", "digits-text", "--prompts", str(tmp_path)], "is a directory"),
         (["--bench", "toy2d", "--num", "5"], "write them to an .npz"),
         (["--bench", "digits", "--num", "0"], "integer >= 1"),
     ):

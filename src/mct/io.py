@@ -238,9 +238,11 @@ def save_image_grid(path: str | os.PathLike, images, nrow: int = 8, padding: int
     return write_bytes(path, buf.getvalue())
 
 
-def read_capped(path: str | os.PathLike, limit: int, what: str = "file", error=MCTError) -> bytes:
+def read_capped(path: str | os.PathLike, limit: int, what: str = "file", error=MCTError,
+                too_large: str | None = None) -> bytes:
     """At most ``limit`` bytes of ``path`` (``limit + 1`` are read, never an endless file whole);
-    a directory, a missing, unreadable or larger file is one ``error`` line naming the path."""
+    a directory, a missing, unreadable or larger file is one ``error`` line naming the path
+    (``too_large``, if given, is the message for a larger one)."""
     path = Path(path)
     try:
         if stat.S_ISDIR(os.stat(path).st_mode):
@@ -254,7 +256,7 @@ def read_capped(path: str | os.PathLike, limit: int, what: str = "file", error=M
     except OSError as exc:
         raise error(f"{what} {path} cannot be read: {exc.strerror or exc}") from None
     if len(data) > limit:
-        raise error(f"{what} {path} is larger than {limit:,} bytes (the limit for a {what})")
+        raise error(too_large or f"{what} {path} is larger than {limit:,} bytes (the limit for a {what})")
     return data
 
 

@@ -39,19 +39,13 @@ def to_uint8(images: Tensor) -> np.ndarray:
 
 def read_prompts(path: str | Path) -> list[str]:
     """One prompt per non-empty line of a UTF-8 text file (bounded in size, count and length)."""
+    from ..io import read_capped
+
     path = Path(path)
+    data = read_capped(path, MAX_PROMPT_FILE_BYTES, "prompt file", DataError,  # never reads an endless file
+                       too_large=f"prompt file {path} holds more than the {MAX_PROMPT_FILE_BYTES} allowed bytes")
     try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise DataError(f"prompt file {path} does not exist") from None
-    except OSError as exc:
-        raise DataError(f"prompt file {path} cannot be read: {exc.strerror}") from None
-    if not path.is_file():
-        raise DataError(f"prompt file {path} is not a file")
-    if size > MAX_PROMPT_FILE_BYTES:
-        raise DataError(f"prompt file {path} is {size} bytes, more than the {MAX_PROMPT_FILE_BYTES} allowed")
-    try:
-        text = path.read_text(encoding="utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise DataError(f"prompt file {path} is not UTF-8 text") from None
     prompts = [line.strip() for line in text.splitlines() if line.strip()]
