@@ -61,7 +61,8 @@ def load_run(path: Optional[Path], generator, student) -> tuple[str, str]:
     return f"trained: {path}", f"trained: {path}"
 
 
-def setup_toy2d(name: str, section: dict, ctx, bcfg: BenchConfig) -> Setup:
+def _start(name: str, section: dict, ctx, bcfg: BenchConfig):
+    """(benchmark, variant measured, its checkpoint or None, its config, device), torch seeded as distill seeds it."""
     import torch
 
     from ..benchmarks.base import get_benchmark
@@ -69,8 +70,12 @@ def setup_toy2d(name: str, section: dict, ctx, bcfg: BenchConfig) -> Setup:
     bench = get_benchmark(name)
     variant, run_ckpt = pick_variant(bench, section, ctx, bcfg.variant)
     cfg = bench.parse(section, variant)
-    device = torch.device(ctx.device)
     torch.manual_seed(cfg.train.seed)
+    return bench, variant, run_ckpt, cfg, torch.device(ctx.device)
+
+
+def setup_toy2d(name: str, section: dict, ctx, bcfg: BenchConfig) -> Setup:
+    bench, variant, run_ckpt, cfg, device = _start(name, section, ctx, bcfg)
     parts = bench.build(cfg, ctx)
     w_gen, w_student = load_run(run_ckpt, parts.generator, parts.student)
     return Setup(name, variant, parts.teacher, parts.generator.to(device), parts.student.to(device),
@@ -90,19 +95,12 @@ def _stand_in(bench, cfg, ctx, teacher, record: dict):
 
 
 def setup_digits(name: str, section: dict, ctx, bcfg: BenchConfig) -> Setup:
-    import torch
-
-    from ..benchmarks.base import get_benchmark
     from ..diffusion.edm import EDMPrecond
     from ..nets.unet import build_unet
 
-    bench = get_benchmark(name)
-    variant, run_ckpt = pick_variant(bench, section, ctx, bcfg.variant)
-    cfg = bench.parse(section, variant)
+    bench, variant, run_ckpt, cfg, device = _start(name, section, ctx, bcfg)
     split = bench.data(cfg)
     (c, h, _), k = split.train.shape, split.train.num_classes
-    device = torch.device(ctx.device)
-    torch.manual_seed(cfg.train.seed)
     tpath = bench.teacher_dir(ctx) / "checkpoint.pt"
     if tpath.is_file():
         parts, w_teacher = bench.build(cfg, ctx), f"trained: {tpath}"
@@ -125,16 +123,9 @@ def setup_digits(name: str, section: dict, ctx, bcfg: BenchConfig) -> Setup:
 
 def setup_imagenet(name: str, section: dict, ctx, bcfg: BenchConfig, arch: Optional[dict] = None) -> Setup:
     """The paper-scale network (GPU). ``arch`` overrides the architecture record (tests)."""
-    import torch
-
-    from ..benchmarks.base import get_benchmark
     from ..teachers import registry
 
-    bench = get_benchmark(name)
-    variant, run_ckpt = pick_variant(bench, section, ctx, bcfg.variant)
-    cfg = bench.parse(section, variant)
-    device = torch.device(ctx.device)
-    torch.manual_seed(cfg.train.seed)
+    bench, variant, run_ckpt, cfg, device = _start(name, section, ctx, bcfg)
     tfile = bench.teacher_file(cfg, ctx)
     if arch is None and tfile.is_file():
         parts, w_teacher = bench.build(cfg, ctx), f"trained: {tfile}"
