@@ -150,19 +150,19 @@ def test_distilled_runs_and_metrics(pipeline):
         for f in ("checkpoint.pt", "train_log.csv", "metrics.json", "samples.png"):
             assert (run / f).exists(), (v, f)
         rec = out[f"evaluate_{v}"]
-        m = rec["scores"]["metrics"]
+        m = rec.scores.metrics
         for key in ("fid", "kid_mean", "precision", "recall", "clip_score"):
             assert m.get(key) is not None, (v, key)
-        assert rec["nfe"] == 1 and rec["iterations"] == 6 and math.isfinite(m["fid"])
+        assert rec.nfe == 1 and rec.iterations == 6 and math.isfinite(m["fid"])
         assert m["clip_score_real"] == pytest.approx(out["clip"].metrics["clip_score_real"])
-    assert out["evaluate_k1"]["settings"]["K"] == 1 and out["evaluate_mct"]["settings"]["K"] == 2
+    assert out["evaluate_k1"].settings["K"] == 1 and out["evaluate_mct"].settings["K"] == 2
     # the generator moved away from the teacher copy it started from
     teacher_state = torch.load(ctx.bench_dir("digits-text") / "teacher" / "checkpoint.pt", weights_only=True)["ema"]
     gen_state = torch.load(ctx.run_dir("digits-text", "mct") / "checkpoint.pt", weights_only=True)["generator"]
     assert any(not torch.equal(gen_state[f"denoiser.{k}"], v) for k, v in teacher_state.items())
     rows = list(csv.DictReader(open(ctx.bench_dir("digits-text") / "summary.csv")))
     assert [r["variant"] for r in rows] == ["mct", "k1"]
-    assert rows[0]["nfe"] == "1" and float(rows[0]["fid"]) == pytest.approx(out["evaluate_mct"]["scores"]["metrics"]["fid"])
+    assert rows[0]["nfe"] == "1" and float(rows[0]["fid"]) == pytest.approx(out["evaluate_mct"].scores.metrics["fid"])
 
 
 def test_missing_feature_network_is_clear(pipeline, tmp_path):

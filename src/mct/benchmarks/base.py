@@ -247,7 +247,7 @@ class Benchmark:
         load_state_strict(gen, state[key], "generator", path)
         return gen.to(ctx.device).eval().requires_grad_(False), state
 
-    def evaluate(self, section: dict, ctx: RunContext, variant: str) -> dict:
+    def evaluate(self, section: dict, ctx: RunContext, variant: str):
         """Score a distilled generator (one step) -> runs/<variant>/{samples.png, ..., metrics.json} and
         the completion record ``.complete-evaluate.json`` (written last, removed first: readers require it)."""
         import torch
@@ -272,7 +272,7 @@ class Benchmark:
             self.write_record(out.path("metrics.json"), rec)
         log.info("%s %s: %s", self.name, variant, ", ".join(
             f"{k} {rec.scores.get(k):.4g}" for k in self.summary_metrics[:4] if rec.scores.get(k) is not None))
-        return rec.to_dict()
+        return rec
 
     def run_record(self, cfg, variant: str, state: dict, scores: dict, ignore=(), notes=None, **fields):
         """The run's :class:`mct.records.RunMetrics`: settings, scores, provenance (the run hash)."""
