@@ -79,7 +79,7 @@ def _bench_stage(stage: str):
             with folder_lock(folder, f"{stage} {args.bench}"):
                 return fn(section, ctx, **kwargs)
         except BaseException:
-            _remove_if_only_locks(folder, made)  # a stage that failed before writing leaves no folder behind
+            _remove_empty_folders(folder, made)  # a stage that failed before writing leaves no folder behind
             raise
 
     return run
@@ -100,7 +100,7 @@ def _first_missing(folder: Path):
     return missing
 
 
-def _remove_if_only_locks(folder: Path, top) -> None:
+def _remove_empty_folders(folder: Path, top) -> None:
     """Remove the empty folders a failed stage created, from its own folder up to ``top`` (the
     outermost one it created); a folder that holds anything (another writer's lock too) stays."""
     if top is None:

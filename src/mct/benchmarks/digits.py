@@ -191,10 +191,6 @@ class Digits(ImageBenchmark):
         null = torch.tensor(self.data(cfg).train.num_classes)
         return GuidedDenoiser(net, cfg.teacher.guidance, null).to(next(net.parameters()).device)
 
-    def teacher_for_eval(self, cfg: DigitsConfig, ctx: RunContext):
-        net, state = self.teacher_net(cfg, ctx)
-        return self.guided(cfg, net), state
-
     def teacher_nfes(self, cfg: DigitsConfig) -> tuple[int, ...]:
         return cfg.teacher.eval_nfe
 

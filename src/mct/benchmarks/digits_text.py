@@ -280,10 +280,6 @@ class DigitsText(ImageBenchmark):
         null = torch.zeros(net.model.arch()["cond_dim"])
         return GuidedDenoiser(net, cfg.teacher.guidance, null).to(next(net.parameters()).device)
 
-    def teacher_for_eval(self, cfg: DigitsTextConfig, ctx: RunContext):
-        net, arch = self.teacher_net(cfg, ctx)
-        return self.guided(cfg, net), arch
-
     def teacher_nfes(self, cfg: DigitsTextConfig) -> tuple[int, ...]:
         return (cfg.eval.teacher_nfe,)
 

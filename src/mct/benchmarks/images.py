@@ -38,8 +38,9 @@ class ImageBenchmark(Benchmark):
         raise NotImplementedError
 
     def teacher_for_eval(self, cfg, ctx: RunContext):
-        """(teacher as sampled, checkpoint dict) for ``teacher_eval``."""
-        raise NotImplementedError
+        """(teacher as sampled, its architecture record) for ``teacher_eval``: guided, as distilled."""
+        net, arch = self.teacher_net(cfg, ctx)
+        return self.guided(cfg, net), arch
 
     def eval_labels(self, cfg, n: int) -> Tensor:
         """Class labels of the evaluation samples: 0, 1, ..., K-1, 0, ... (one per grid column)."""
