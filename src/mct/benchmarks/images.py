@@ -5,7 +5,7 @@ diagnostics a benchmark may turn on (the FID-vs-iteration curve on its feature n
 M-step gradient variance of a finished run).
 
 A subclass adds its data, teacher and scoring hooks (see :class:`mct.benchmarks.base.Benchmark`)
-and ``teacher_nfes(cfg)`` / ``sampler(cfg)`` / ``teacher_for_eval(cfg, ctx)``."""
+and ``teacher_net(cfg, ctx)`` / ``guided(cfg, net)`` / ``teacher_nfes(cfg)`` / ``sampler(cfg)``."""
 
 from __future__ import annotations
 
