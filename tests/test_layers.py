@@ -15,7 +15,7 @@ PKG = REPO / "src" / "mct"
 
 # the building blocks (``training`` and others may not exist yet: absent ones are skipped) ...
 LOWER = ("nets", "diffusion", "teachers", "metrics", "training", "data", "config", "io", "errors", "records",
-         "checkpoint", "provenance")
+         "checkpoint", "provenance", "stats")
 # ... never import these, not even inside a function
 UPPER = ("distill", "benchmarks", "report", "pipeline", "bench", "export", "cli", "root")
 

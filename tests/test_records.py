@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from mct.errors import MCTError
-from mct.records import (AuxMetrics, BenchRecord, Claim, CorrectionMetrics, CurvePoint, EMOverhead, Memory,
+from mct.records import (AuxMetrics, BenchRecord, Claim, Interval, CorrectionMetrics, CurvePoint, EMOverhead, Memory,
                          MixtureTeacher, Provenance, RunMetrics, Scores, Speed, Summary, SummaryRow, TeacherMetrics, TeacherRow,
                          provenance, read_record, write_record)
 
@@ -41,7 +41,8 @@ def every_record():
                           after=Scores({"fid": 3.0, "kid_mean": 0.004}), provenance=PROV),
         Summary(bench="digits", provenance=PROV,
                 rows=[SummaryRow(variant="mct", nfe=1, settings={"K": 16}, metrics={"fid": 3.5})],
-                claims=[Claim(claim="mct beats k1 on FID", holds=True, values={"mct_fid": 3.5, "k1_fid": 5.0})]),
+                claims=[Claim(claim="mct beats k1 on FID", verdict="holds", metric="fid", basis="paired over 3 seeds",
+                              diff=Interval(mean=-1.5, n=3, std=0.2, lo=-2.0, hi=-1.0), values={"mct": 3.5, "k1": 5.0})]),
         BenchRecord(bench="toy2d", device="cpu", provenance=PROV, batch_size=256,
                     student=Speed(name="student", nfe=1, images_per_s=1e5, ms_per_batch=2.56, batch_size=256),
                     teacher=[Speed(name="heun 7", nfe=7, images_per_s=1.5e4, ms_per_batch=17.0, batch_size=256,
@@ -178,7 +179,13 @@ def test_paths_and_helpers(tmp_path):
     assert AuxMetrics.path(tmp_path, bench="digits", net="clip") == tmp_path / "digits/clip/metrics.json"
     assert TeacherMetrics.path(tmp_path, bench="sd15") == tmp_path / "sd15/teacher/metrics.json"
     assert every_record()[1].fid_by_nfe() == {7: 2.0, 35: 1.0}
-    assert every_record()[4].csv_rows() == [{"variant": "mct", "nfe": 1, "K": 16, "fid": 3.5}]
+    assert every_record()[4].csv_rows() == [{"variant": "mct", "nfe": 1, "K": 16, "seeds": "", "fid_mean": 3.5,
+                                             "fid_std": None, "fid_n": 1, "fid_lo95": None, "fid_hi95": None}]
+    two = Summary(bench="digits", provenance=every_record()[4].provenance, rows=[SummaryRow(
+        variant="mct", nfe=1, metrics={"fid": 3.0}, seeds=[0, 1],
+        stats={"fid": Interval(mean=3.0, n=2, std=1.0, lo=-5.98, hi=11.98)})])
+    assert two.csv_rows()[0] == {"variant": "mct", "nfe": 1, "seeds": "0 1", "fid_mean": 3.0, "fid_std": 1.0,
+                                 "fid_n": 2, "fid_lo95": -5.98, "fid_hi95": 11.98}
 
 
 def test_provenance_helper_records_this_checkout():

@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 
 from mct.errors import MCTError
-from mct.records import (AuxMetrics, BenchRecord, Claim, CorrectionMetrics, CurvePoint, EMOverhead, Memory,
+from mct.records import (AuxMetrics, BenchRecord, Claim, Interval, CorrectionMetrics, CurvePoint, EMOverhead, Memory,
                          MixtureTeacher, Provenance, RunMetrics, Scores, Speed, Summary, SummaryRow, TeacherMetrics,
                          TeacherRow, read_record, write_record)
 from mct.report.browser import check_page, find_chromium
@@ -189,10 +189,10 @@ def make_results(root: Path, benches=("toy2d", "digits", "digits-text")) -> tupl
             z_moved_rms=0.31, image_moved_rms=0.12))
         write_record(Summary.path(res, bench="digits"), Summary(
             bench="digits", provenance=PROV, rows=[SummaryRow(variant="mct", nfe=1, metrics={"fid": 5.31})],
-            claims=[Claim(claim="one-step mct FID <= teacher FID at 35 NFE", holds=False,
-                          values={"mct_fid": 5.31, "teacher_fid": 4.18}),
-                    Claim(claim="mct beats k1 (reverse KL) on FID or class_accuracy", holds=True,
-                          values={"mct_fid": 5.31, "k1_fid": 9.85})]))
+            claims=[Claim(claim="one-step mct FID <= teacher FID at 35 NFE", verdict="reversed", metric="fid",
+                          basis="mct - teacher, 3 seeds", diff=Interval(mean=1.13, n=3, std=0.2, lo=0.63, hi=1.63)),
+                    Claim(claim="mct beats k1 (reverse KL) on FID", verdict="holds", metric="fid",
+                          basis="mct - k1, paired over 3 seeds", diff=Interval(mean=-4.54, n=3, std=0.5, lo=-5.78, hi=-3.3))]))
         write_record(BenchRecord.path(res, bench="digits"), BenchRecord(
             bench="digits", device="cpu", device_name="test CPU", provenance=PROV, batch_size=256, wall_seconds=18.2,
             student=Speed(name="student (one step)", nfe=1, images_per_s=6930.0, ms_per_batch=36.9, batch_size=256),
@@ -444,7 +444,8 @@ def test_measured_rows_embedded_tasks(report):
     assert "held-out accuracy 0.983" in html and "FID floor (two disjoint sets of real images): 1.12" in html
     assert mct[header.index("Class accuracy \u2191")] == "0.847"
     claims = t["claims-digits"]
-    assert row_of(claims, "one-step mct FID")[-1] == "no" and row_of(claims, "mct beats k1")[-1] == "yes"
+    assert row_of(claims, "one-step mct FID")[-1] == "reversed" and row_of(claims, "mct beats k1")[-1] == "holds"
+    assert row_of(claims, "mct beats k1")[1] == "-4.54 [-5.78, -3.30]"
     txt = t["main-digits-text"]
     clip_col = txt[0].index("CLIP score \u2191")
     assert row_of(txt, "MCT one-step student")[clip_col] == "27.60"

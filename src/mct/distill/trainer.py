@@ -47,6 +47,9 @@ class TrainConfig:
     find_unused_parameters: DDP's option, for networks with parameters a forward pass does
         not use. accumulation, channels_last, compile and find_unused_parameters do not
         change the result and are not part of the checkpoint's config hash.
+    seeds: how many training seeds the variant runs (seed, seed + 1, ...), each a full run;
+        the summary's intervals are over them. Not part of a run's hash: adding seeds keeps
+        the runs already trained.
     """
 
     iterations: int = 1000
@@ -73,9 +76,10 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False
     find_unused_parameters: bool = False
+    seeds: int = 1
 
     def __post_init__(self):
-        for name in ("iterations", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every"):
+        for name in ("iterations", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every", "seeds"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         for name in ("score_updates", "score_warmup", "eval_every", "seed"):
@@ -100,11 +104,13 @@ class TrainConfig:
 # knobs that change how a run is computed, not what it computes: left out of the config hash
 # (a run may resume with other values); precision and tf32 count only when not the default
 RUNTIME_KNOBS = ("accumulation", "channels_last", "compile", "find_unused_parameters")
+# not a knob of one run at all: how many seeds of the variant run (each seed's hash has its own train.seed)
+REPLICA_KNOBS = ("seeds",)
 
 
 def hashed_train(train: TrainConfig) -> dict:
     """The train section as it enters a run's config hash (runtime knobs left out)."""
-    rec = {k: v for k, v in to_dict(train).items() if k not in RUNTIME_KNOBS}
+    rec = {k: v for k, v in to_dict(train).items() if k not in RUNTIME_KNOBS + REPLICA_KNOBS}
     for key, default in (("precision", "fp32"), ("tf32", False)):
         if rec.get(key) == default:
             rec.pop(key)

@@ -24,10 +24,11 @@ from .check import RecordError
 from .files import (RECORDS, AuxMetrics, BenchRecord, CorrectionMetrics, MixtureTeacher, Record, RunMetrics, Summary,
                     TeacherMetrics, read_record, write_record)
 from .names import METRICS, SETTINGS, Scalar
-from .parts import (Claim, CurvePoint, EMOverhead, Memory, Provenance, Scores, Speed, SummaryRow, TeacherRow,
-                    provenance)
+from .parts import (VERDICTS, Claim, Comparison, CurvePoint, EMOverhead, Interval, Memory, Provenance, Scores, SeedRun,
+                    Speed, SummaryRow, TeacherRow, provenance)
 
-__all__ = ["RECORDS", "METRICS", "SETTINGS", "AuxMetrics", "BenchRecord", "Claim", "CorrectionMetrics", "CurvePoint",
+__all__ = ["RECORDS", "METRICS", "SETTINGS", "VERDICTS", "AuxMetrics", "BenchRecord", "Claim", "Comparison",
+           "CorrectionMetrics", "CurvePoint", "Interval", "SeedRun",
            "EMOverhead", "Memory", "MixtureTeacher", "Provenance", "Record", "RecordError", "RunMetrics", "Scalar",
            "Scores", "Speed", "Summary", "SummaryRow", "TeacherMetrics", "TeacherRow", "provenance", "read_record",
            "write_record"]

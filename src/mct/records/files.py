@@ -11,7 +11,8 @@ from typing import Any, ClassVar, Optional, TypeVar
 
 from .check import RecordError, check_record, metrics_field, settings_field
 from .names import METRICS, Scalar
-from .parts import Claim, CurvePoint, EMOverhead, Memory, Provenance, Scores, Speed, SummaryRow, TeacherRow
+from .parts import (Claim, Comparison, CurvePoint, EMOverhead, Memory, Provenance, Scores, SeedRun, Speed, SummaryRow,
+                    TeacherRow)
 
 R = TypeVar("R", bound="Record")
 
@@ -58,9 +59,13 @@ class Record:
 class RunMetrics(Record):
     """A distilled generator scored by ``evaluate``: ``settings`` are the variant's knobs
     (:data:`SETTINGS`), ``scores`` its one-step samples, ``fid_curve`` the FID measured during
-    training, ``notes`` free text shown beside the numbers (e.g. which teacher stood in)."""
+    training, ``notes`` free text shown beside the numbers (e.g. which teacher stood in).
+    ``scores``, ``iterations`` and ``fid_curve`` are the variant's first training seed (the run
+    whose samples, export and correction the report shows); ``seeds`` holds every training seed
+    (``train.seeds`` of them, the first included), which the summary's intervals are made from."""
 
     KIND: ClassVar[str] = "run_metrics"
+    SCHEMA_VERSION: ClassVar[int] = 2
     FILE: ClassVar[str] = "{bench}/runs/{variant}/metrics.json"
 
     bench: str
@@ -76,6 +81,7 @@ class RunMetrics(Record):
     eval_seconds: Optional[float] = None
     fid_curve: list[CurvePoint] = field(default_factory=list)
     notes: dict[str, str] = field(default_factory=dict)
+    seeds: list[SeedRun] = field(default_factory=list)
 
     @property
     def samples_per_second(self) -> Optional[float]:
@@ -164,6 +170,7 @@ class Summary(Record):
     (``summarize``); ``missing`` lists configured variants without a metrics.json."""
 
     KIND: ClassVar[str] = "summary"
+    SCHEMA_VERSION: ClassVar[int] = 2
     FILE: ClassVar[str] = "{bench}/summary.json"
 
     bench: str
@@ -171,10 +178,24 @@ class Summary(Record):
     provenance: Provenance
     claims: list[Claim] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    comparisons: list[Comparison] = field(default_factory=list)
 
     def csv_rows(self) -> list[dict]:
-        """The flat view written to summary.csv (variant, nfe, settings, metrics)."""
-        return [{"variant": r.variant, "nfe": r.nfe, **r.settings, **r.metrics} for r in self.rows]
+        """The flat view written to summary.csv: variant, nfe, settings, the training seeds, then
+        per metric ``<m>_mean``, ``<m>_std``, ``<m>_n``, ``<m>_lo95``, ``<m>_hi95`` (std and
+        interval empty for one seed): no column holds a mean without saying so."""
+        out = []
+        for r in self.rows:
+            row = {"variant": r.variant, "nfe": r.nfe, **r.settings, "seeds": " ".join(map(str, r.seeds))}
+            for m, v in r.metrics.items():
+                st = r.stats.get(m)
+                row[f"{m}_mean"] = st.mean if st else v
+                row[f"{m}_std"] = st.std if st else None
+                row[f"{m}_n"] = st.n if st else 1
+                row[f"{m}_lo95"] = st.lo if st else None
+                row[f"{m}_hi95"] = st.hi if st else None
+            out.append(row)
+        return out
 
 
 @dataclass

@@ -92,20 +92,81 @@ class TeacherRow:
 
 
 @dataclass
+class Interval:
+    """One number over training seeds: ``mean`` of ``n`` values, their sample ``std`` and the
+    ``level`` Student-t interval [``lo``, ``hi``] of the mean (None when n = 1: one seed has
+    no spread, and a comparison on it is inconclusive). Made by :func:`mct.stats.interval`."""
+
+    mean: float
+    n: int
+    std: Optional[float] = None
+    lo: Optional[float] = None
+    hi: Optional[float] = None
+    level: float = 0.95
+
+
+@dataclass
+class SeedRun:
+    """One training seed of a variant (``train.seed`` + i): its one-step scores, as ``evaluate``
+    scored them with the variant's evaluation settings."""
+
+    seed: int
+    scores: Scores
+    iterations: Optional[int] = None
+    train_seconds: Optional[float] = None
+    fid_curve: list[CurvePoint] = field(default_factory=list)
+
+
+@dataclass
 class SummaryRow:
+    """One variant over its seeds: ``metrics`` are the means (the single value when n = 1),
+    ``stats`` the same metrics with n, std and interval, ``seeds`` the training seeds."""
+
     variant: str
     nfe: int
     settings: dict[str, Scalar] = settings_field(default_factory=dict)
     metrics: dict[str, float] = metrics_field(default_factory=dict)
+    seeds: list[int] = field(default_factory=list)
+    stats: dict[str, Interval] = metrics_field(default_factory=dict)
+
+
+@dataclass
+class Comparison:
+    """``variant`` minus ``baseline`` on ``metric``: the interval of the per-seed differences over
+    the ``seeds`` both ran (``paired``), else Welch's interval of the difference of the means."""
+
+    variant: str
+    baseline: str
+    metric: str
+    diff: Interval
+    paired: bool
+    seeds: list[int] = field(default_factory=list)
+
+
+VERDICTS = ("holds", "reversed", "inconclusive")
 
 
 @dataclass
 class Claim:
-    """A target of the benchmark checked with numbers: ``values`` are the numbers that decide it."""
+    """One of the paper's claims decided by an interval (:func:`mct.stats.verdict`): ``holds``
+    when the interval of ``diff`` lies wholly on the claimed side of zero (``better``: the
+    direction the claim says the difference goes, 'lower' or 'higher'), ``reversed`` when it lies
+    wholly on the other side, else ``inconclusive``. ``basis`` says in words what was compared
+    (variants, metric, seeds, paired or not); ``values`` are the means that enter it."""
 
     claim: str
-    holds: bool
+    verdict: str
+    metric: str = ""
+    better: str = "lower"
+    basis: str = ""
+    diff: Optional[Interval] = None
     values: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.verdict not in VERDICTS:
+            raise RecordError(f"claim verdict must be one of {', '.join(VERDICTS)}, got {self.verdict!r}")
+        if self.better not in ("lower", "higher"):
+            raise RecordError(f"claim better must be 'lower' or 'higher', got {self.better!r}")
 
 
 @dataclass

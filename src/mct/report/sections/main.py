@@ -9,7 +9,7 @@ from typing import Optional
 from .. import figures as F
 from ..collect import BenchResults
 from ..context import Inputs
-from ..tables import Cell, Row, Table, metric_label, number_cell
+from ..tables import MISSING, Cell, Row, Table, metric_label, number_cell
 from .common import EXACT_LABEL, exact_row, fmt, k1_variant, metric_cols
 
 PAPER_COLS = ["fid", "kid_mean", "precision", "recall", "clip_score"]
@@ -28,12 +28,15 @@ def _metric_cells(metrics: dict, kid_std: Optional[float], keep: list[str], miss
 def _claims(b: BenchResults) -> Optional[Table]:
     if not b.summary or not b.summary.claims:
         return None
-    t = Table(columns=[("Claim", ""), ("Numbers", "the values that decide it"), ("Holds", "")], kind=f"claims-{b.name}",
-              caption=f"Checked by `mct summarize` ({b.name}/summary.json).")
+    t = Table(columns=[("Claim", ""), ("Difference", "mean [95 % interval] over seeds"), ("Basis", ""),
+                       ("Verdict", "from the interval")], kind=f"claims-{b.name}",
+              caption=f"Decided by `mct summarize` ({b.name}/summary.json).")
     for c in b.summary.claims:
-        nums = ", ".join(f"{k} {fmt(v, 'fid' if 'fid' in k else '')}" for k, v in c.values.items())
-        t.rows.append(Row([Cell(c.claim, "text"), Cell(nums, "text"), Cell("yes" if c.holds else "no",
-                                                                           "ok" if c.holds else "bad")]))
+        d = c.diff
+        diff = MISSING if d is None else fmt(d.mean, c.metric) + (
+            f" [{fmt(d.lo, c.metric)}, {fmt(d.hi, c.metric)}]" if d.lo is not None else " (no interval)")
+        kind = {"holds": "ok", "reversed": "bad"}.get(c.verdict, "na")
+        t.rows.append(Row([Cell(c.claim, "text"), Cell(diff, "text"), Cell(c.basis, "text"), Cell(c.verdict, kind)]))
     return t
 
 
