@@ -114,8 +114,9 @@ def test_cli_sweep_writes_metrics_and_summary(tmp_path):
     assert main(["summarize", "--config", str(cfg), "--bench", "toy2d"]) == 0
     rows = list(csv.DictReader((results / "toy2d" / "summary.csv").open()))
     assert [r["variant"] for r in rows] == list(TINY["variants"])
-    assert {"variant", "K", "reparam", "noise_cancel", "mode_mass_tv", "modes_covered", "mean_true_logpdf",
-            "energy_distance"} <= set(rows[0])
+    assert {"variant", "K", "reparam", "noise_cancel", "seeds", "mode_mass_tv_mean", "modes_covered_mean",
+            "mean_true_logpdf_mean", "energy_distance_mean", "off_mode_mass_n", "logp_gap_lo95"} <= set(rows[0])
+    assert rows[0]["seeds"] == "0" and rows[0]["mode_mass_tv_n"] == "1" and rows[0]["mode_mass_tv_lo95"] == ""
     assert rows[1]["K"] == "1" and rows[2]["reparam"] == "False"
     log = list(csv.DictReader((results / "toy2d" / "runs" / "mct" / "train_log.csv").open()))
     assert [int(r["iteration"]) for r in log] == list(range(2, 13, 2))

@@ -69,6 +69,10 @@ class Parts:
     pre_train: Optional[Callable] = None
 
 
+class _Stopped(Exception):
+    """A seed ended before train.iterations (``stop_after``): the variant's distill is not complete."""
+
+
 class Benchmark:
     """Base class: a subclass sets ``name``/``config_cls``/``stages`` and implements the hooks."""
 
@@ -187,42 +191,114 @@ class Benchmark:
         """``evaluate(ema, iteration) -> dict`` for the metric-vs-iteration curve (``train.eval_every``)."""
         return None
 
-    def extra_metrics(self, cfg, ctx: RunContext, variant: str) -> dict:
-        """Metrics beyond the samples' (e.g. the M-step gradient variance); default none."""
+    def extra_metrics(self, cfg, ctx: RunContext, variant: str, run_dir: Optional[Path] = None) -> dict:
+        """Metrics beyond the samples' (e.g. the M-step gradient variance) of the run in ``run_dir``
+        (one training seed; None: the first); default none."""
         return {}
 
     # ------------------------------------------------------------------ stages written once
 
     def distill(self, section: dict, ctx: RunContext, variant: str, resume: str = "auto",
                 stop_after: Optional[int] = None) -> dict:
-        """Distil the teacher into a one-step generator with the variant's settings ->
-        runs/<variant>/{checkpoint.pt, train_log.csv[, eval_log.csv]}."""
-        import torch
-
-        from ..distill.trainer import distill
+        """Distil the teacher into a one-step generator with the variant's settings, once per training
+        seed (``train.seeds``), in this one process (start-up and the data are paid once) ->
+        runs/<variant>/{checkpoint.pt, train_log.csv[, eval_log.csv]} for the first seed,
+        runs/<variant>/seed-<s>/ for each further one. Each seed is a run of its own (its own run hash,
+        its own resume); a seed already finished under this config is not touched again. The completion
+        record ``.complete-distill.json`` is written only once every seed is done."""
         from ..io import ensure_writable_dir
 
         cfg = self.setup(section, variant)
         run_dir = ensure_writable_dir(ctx.run_dir(self.name, variant))
-        torch.manual_seed(cfg.train.seed)  # network initialisation is part of the run's seed
-        parts = self.build(cfg, ctx)
-        extra = {"bench": self.name, "variant": variant, "run_hash": self.run_hash(cfg), "arch": parts.record}
-        summary = distill(run_dir, teacher=parts.teacher, generator=parts.generator, student=parts.student,
-                          sample_latents=self.latent_sampler(cfg, ctx), em=cfg.em, train=cfg.train,
-                          resume=resume, pre_train=parts.pre_train, evaluate=self.during_training(cfg, ctx),
-                          device=torch.device(ctx.device), progress=ctx.progress, extra_config=extra,
-                          stop_after=stop_after)
-        log.info("%s %s: %d iterations in %.1f s", self.name, variant, summary["iterations"],
-                 summary["train_seconds"])
-        return summary
+        summaries = []
+        try:
+            self._distill_seeds(cfg, ctx, variant, resume, stop_after, run_dir, summaries)
+        except _Stopped:  # stop_after (tests) ended a seed early: no completion record, no further seed
+            pass
+        return {**summaries[0], "seeds": summaries}
 
-    def checkpoint_of(self, cfg, ctx: RunContext, variant: str,
-                      weights: tuple[str, ...] = ("generator_ema",)) -> tuple[Path, dict]:
-        """The run's final checkpoint (only ``weights`` and the records evaluation needs are read),
-        refused (one line) when it was trained under another config."""
+    def _distill_seeds(self, cfg, ctx, variant, resume, stop_after, run_dir, summaries):
+        import torch
+
+        from ..distill.trainer import distill
+        from ..io import ensure_writable_dir, stage_outputs
+
+        with stage_outputs(run_dir, "distill", self.variant_hash(cfg), {"seeds": self.seeds_of(cfg)}) as out:
+            for seed in self.seeds_of(cfg):
+                scfg, sdir = self.seed_config(cfg, seed), self.seed_dir(cfg, ctx, variant, seed)
+                done = self.finished(scfg, ctx, variant, sdir) if resume != "no" else None
+                if done is None:
+                    torch.manual_seed(seed)  # network initialisation is part of the run's seed
+                    parts = self.build(scfg, ctx)
+                    extra = {"bench": self.name, "variant": variant, "run_hash": self.run_hash(scfg),
+                             "arch": parts.record}
+                    done = distill(ensure_writable_dir(sdir), teacher=parts.teacher, generator=parts.generator,
+                                   student=parts.student, sample_latents=self.latent_sampler(scfg, ctx), em=scfg.em,
+                                   train=scfg.train, resume=resume, pre_train=parts.pre_train,
+                                   evaluate=self.during_training(scfg, ctx), device=torch.device(ctx.device),
+                                   progress=ctx.progress, extra_config=extra, stop_after=stop_after)
+                    del parts
+                log.info("%s %s seed %d: %d iterations in %.1f s", self.name, variant, seed, done["iterations"],
+                         done["train_seconds"])
+                summaries.append({"seed": seed, **done})
+                if done["iterations"] < scfg.train.iterations:
+                    raise _Stopped()
+                out.add(sdir / "checkpoint.pt")
+
+    def finished(self, cfg, ctx: RunContext, variant: str, run_dir: Path) -> Optional[dict]:
+        """The summary of a seed's run already trained to the end under ``cfg`` (its checkpoint.pt,
+        read without weights), or None: it must (re)run or resume."""
         from ..checkpoint import read_for_eval
 
-        path = ctx.run_dir(self.name, variant) / "checkpoint.pt"
+        path = run_dir / "checkpoint.pt"
+        if not path.is_file():
+            return None
+        try:
+            state = read_for_eval(path, ())
+        except MCTError:
+            return None
+        rec = state.get("config") or {}
+        if (rec.get("bench"), rec.get("variant"), rec.get("run_hash")) != (self.name, variant, self.run_hash(cfg)) \
+                or int(state.get("iteration", -1)) != cfg.train.iterations:
+            return None
+        return {"iterations": int(state["iteration"]), "train_seconds": round(float(state.get("seconds", 0.0)), 3),
+                "config_hash": state.get("config_hash"), "skipped": True}
+
+    # ------------------------------------------------------------------ training seeds
+
+    @staticmethod
+    def seeds_of(cfg) -> list[int]:
+        """The variant's training seeds: train.seed, train.seed + 1, ... (train.seeds of them)."""
+        return [cfg.train.seed + i for i in range(cfg.train.seeds)]
+
+    @staticmethod
+    def seed_config(cfg, seed: int):
+        """``cfg`` with train.seed = ``seed``: the config of one seed's run (its own run hash)."""
+        import dataclasses
+
+        return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed))
+
+    def seed_dir(self, cfg, ctx: RunContext, variant: str, seed: int) -> Path:
+        """runs/<variant>/ for the variant's first seed (what export, correct and the report read),
+        runs/<variant>/seed-<seed>/ for each further one."""
+        from ..io import inside
+
+        run_dir = ctx.run_dir(self.name, variant)
+        return run_dir if seed == cfg.train.seed else inside(run_dir, f"seed-{seed}")
+
+    def variant_hash(self, cfg) -> str:
+        """The first seed's run hash with the list of seeds: what a variant's distill completion
+        record is made under (adding a seed makes it stale, while each run keeps its own hash)."""
+        return config_hash({"run_hash": self.run_hash(cfg), "seeds": self.seeds_of(cfg)})
+
+    def checkpoint_of(self, cfg, ctx: RunContext, variant: str, weights: tuple[str, ...] = ("generator_ema",),
+                      run_dir: Optional[Path] = None) -> tuple[Path, dict]:
+        """The run's final checkpoint (only ``weights`` and the records evaluation needs are read),
+        refused (one line) when it was trained as another variant or under another config than ``cfg``
+        (for a further seed: ``cfg`` with that train.seed, ``run_dir`` its seed folder)."""
+        from ..checkpoint import read_for_eval
+
+        path = (run_dir or ctx.run_dir(self.name, variant)) / "checkpoint.pt"
         cmd = f"mct distill --bench {self.name} --variant {variant}"
         if not path.exists():
             raise MCTError(f"{path} does not exist: run `{cmd}` first")
@@ -237,48 +313,71 @@ class Benchmark:
                            f"(run hash {got} != {self.run_hash(cfg)}); rerun `{cmd} --no-resume`")
         return path, state
 
-    def load_generator(self, cfg, ctx: RunContext, variant: str, ema: bool = True):
+    def load_generator(self, cfg, ctx: RunContext, variant: str, ema: bool = True, run_dir: Optional[Path] = None):
         """(generator in eval mode with the run's EMA (or raw) weights, checkpoint state)."""
         from ..checkpoint import load_state_strict
 
         key = "generator_ema" if ema else "generator"
-        path, state = self.checkpoint_of(cfg, ctx, variant, (key,))
+        path, state = self.checkpoint_of(cfg, ctx, variant, (key,), run_dir)
         gen = self.generator_from_record(cfg, ctx, state["config"].get("arch") or {})
         load_state_strict(gen, state[key], "generator", path)
         return gen.to(ctx.device).eval().requires_grad_(False), state
 
     def evaluate(self, section: dict, ctx: RunContext, variant: str):
-        """Score a distilled generator (one step) -> runs/<variant>/{samples.png, ..., metrics.json} and
-        the completion record ``.complete-evaluate.json`` (written last, removed first: readers require it)."""
+        """Score a distilled generator (one step), every training seed of it in this one process ->
+        runs/<variant>/{samples.png, ..., metrics.json} and the completion record ``.complete-evaluate.json``
+        (written last, removed first: readers require it). Every seed is scored on the same evaluation
+        latents (``eval.seed``), so differences between variants are paired by seed; ``scores`` and
+        samples.png are the first seed's, ``seeds`` holds them all."""
         import torch
 
         from ..io import stage_outputs
+        from ..records import Scores, SeedRun
 
         cfg = self.setup(section, variant)
-        gen, state = self.load_generator(cfg, ctx, variant)
+        seeds = [(s, self.seed_config(cfg, s), self.seed_dir(cfg, ctx, variant, s)) for s in self.seeds_of(cfg)]
+        for _, scfg, sdir in seeds:  # every seed's weights are there and this config's before anything is written
+            self.checkpoint_of(scfg, ctx, variant, (), sdir)
         device = torch.device(ctx.device)
-        rng = torch.Generator(device=device).manual_seed(cfg.eval.seed)
         n, bs = cfg.eval.num_samples, getattr(cfg.eval, "batch_size", cfg.eval.num_samples)
+        runs, first = [], None
         with stage_outputs(ctx.run_dir(self.name, variant), "evaluate", self.run_hash(cfg)) as out:
-            t0 = time.perf_counter()
-            z, cond = self.eval_latents(cfg, ctx, n, rng, device)
-            with torch.no_grad():
-                x = torch.cat([gen(z[i:i + bs], None if cond is None else cond[i:i + bs]) for i in range(0, n, bs)])
-            sample_seconds = time.perf_counter() - t0
-            x, cond = x.cpu(), None if cond is None else cond.cpu()
-            scores = {**self.score(cfg, ctx, x, cond, rng), **self.extra_metrics(cfg, ctx, variant)}
-            self.save_samples(cfg, ctx, out, x, cond, f"{self.name} {variant}")
-            rec = self.run_record(cfg, variant, state, scores, num_samples=n, sample_seconds=sample_seconds)
+            for seed, scfg, sdir in seeds:
+                gen, state = self.load_generator(scfg, ctx, variant, run_dir=sdir)
+                rng = torch.Generator(device=device).manual_seed(cfg.eval.seed)
+                t0 = time.perf_counter()
+                z, cond = self.eval_latents(scfg, ctx, n, rng, device)
+                with torch.no_grad():
+                    x = torch.cat([gen(z[i:i + bs], None if cond is None else cond[i:i + bs])
+                                   for i in range(0, n, bs)])
+                sample_seconds = time.perf_counter() - t0
+                x, cond = x.cpu(), None if cond is None else cond.cpu()
+                scores = {**self.score(scfg, ctx, x, cond, rng), **self.extra_metrics(scfg, ctx, variant, sdir)}
+                runs.append(SeedRun(seed=seed, scores=Scores.from_flat(scores), iterations=int(state["iteration"]),
+                                    train_seconds=round(float(state.get("seconds", 0.0)), 3),
+                                    fid_curve=self.curve_of(state)))
+                if first is None:
+                    self.save_samples(cfg, ctx, out, x, cond, f"{self.name} {variant}")
+                    first = (state, scores, sample_seconds)
+                del gen, x
+            rec = self.run_record(cfg, variant, first[0], first[1], num_samples=n, sample_seconds=first[2], seeds=runs)
             self.write_record(out.path("metrics.json"), rec)
-        log.info("%s %s: %s", self.name, variant, ", ".join(
+        log.info("%s %s (%d seeds): %s", self.name, variant, len(runs), ", ".join(
             f"{k} {rec.scores.get(k):.4g}" for k in self.summary_metrics[:4] if rec.scores.get(k) is not None))
         return rec
 
+    @staticmethod
+    def curve_of(state: dict) -> list:
+        """The FID-vs-iteration curve a checkpoint's eval log holds."""
+        from ..records import CurvePoint
+
+        return [CurvePoint(int(r["iteration"]), float(r["fid"])) for r in state.get("eval_log") or [] if "fid" in r]
+
     def run_record(self, cfg, variant: str, state: dict, scores: dict, ignore=(), notes=None, **fields):
         """The run's :class:`mct.records.RunMetrics`: settings, scores, provenance (the run hash)."""
-        from ..records import CurvePoint, RunMetrics, Scores, provenance
+        from ..records import RunMetrics, Scores, provenance
 
-        curve = [CurvePoint(int(r["iteration"]), float(r["fid"])) for r in state.get("eval_log") or [] if "fid" in r]
+        curve = self.curve_of(state)
         return RunMetrics(bench=self.name, variant=variant, nfe=1, scores=Scores.from_flat(scores, ignore=ignore),
                           provenance=provenance(self.run_hash(cfg)), settings=self.settings(cfg),
                           iterations=int(state["iteration"]), train_seconds=round(float(state.get("seconds", 0.0)), 3),
@@ -292,26 +391,40 @@ class Benchmark:
         write_record(path, rec)
 
     def variant_records(self, section: dict, ctx: RunContext) -> list:
-        """Every configured variant's :class:`mct.records.RunMetrics`; a missing or incomplete one, or one
-        written for weights of another config, is an error naming the command that makes it."""
+        """Every configured variant's :class:`mct.records.RunMetrics`; a missing or incomplete one, one
+        written for weights of another config, or one that scored other training seeds than the config
+        asks for now (train.seeds changed), is an error naming the command that makes it."""
         from ..io import require_complete
         from ..records import RunMetrics, read_record
 
         out = []
         for variant in self.variant_names(section):
+            cfg = self.parse(section, variant)
             run_dir, cmd = ctx.run_dir(self.name, variant), f"mct evaluate --bench {self.name} --variant {variant}"
-            require_complete(run_dir, "evaluate", cmd, config_hash=self.run_hash(self.parse(section, variant)))
-            out.append(read_record(run_dir / "metrics.json", RunMetrics))
+            require_complete(run_dir, "evaluate", cmd, config_hash=self.run_hash(cfg))
+            rec = read_record(run_dir / "metrics.json", RunMetrics)
+            got = [s.seed for s in rec.seeds] or [int(rec.settings.get("seed", cfg.train.seed))]
+            if got != self.seeds_of(cfg):
+                raise MCTError(f"{run_dir / 'metrics.json'} scored training seeds {got}, the config asks for "
+                               f"{self.seeds_of(cfg)}; run `mct distill --bench {self.name} --variant {variant}` "
+                               f"and `{cmd}`")
+            out.append(rec)
         return out
 
     def summarize(self, section: dict, ctx: RunContext):
-        """One row per variant -> <bench>/summary.csv and <bench>/summary.json (with the claims)."""
+        """One row per variant with each metric's mean and interval over the training seeds, the
+        comparisons between variants (mct vs k1, each ablation vs mct, the best K vs k1) and the claims
+        -> <bench>/summary.csv and <bench>/summary.json."""
         from ..io import stage_outputs, write_csv
-        from ..records import Summary, SummaryRow, provenance
+        from ..records import Summary, provenance
+        from .claims import SeedTable, comparisons
 
         recs = self.variant_records(section, ctx)
-        rows = [SummaryRow(variant=r.variant, nfe=r.nfe, settings=r.settings, metrics=r.scores.metrics) for r in recs]
-        summary = Summary(bench=self.name, rows=rows, claims=self.claims(section, ctx, recs),
+        table = SeedTable(recs)
+        metrics = tuple(dict.fromkeys(self.summary_metrics or tuple(recs[0].scores.metrics) if recs else ()))
+        summary = Summary(bench=self.name, rows=[table.row(r) for r in recs],
+                          comparisons=comparisons(table, self.headline(), metrics),
+                          claims=self.claims(section, ctx, recs),
                           provenance=provenance(config_hash(to_dict(self.parse(section)))))
         with stage_outputs(ctx.bench_dir(self.name), "summarize") as out:
             csv_rows = summary.csv_rows()
@@ -320,8 +433,13 @@ class Benchmark:
             self.write_record(out.path("summary.json"), summary)
         return summary
 
+    def headline(self) -> str:
+        """The metric the best K is chosen by: the first of ``summary_metrics``."""
+        return self.summary_metrics[0] if self.summary_metrics else ""
+
     def claims(self, section: dict, ctx: RunContext, recs: list) -> list:
-        """The paper's claims this benchmark can decide (:class:`mct.records.Claim`); default none."""
+        """The paper's claims this benchmark can decide (:class:`mct.records.Claim`, made with
+        :mod:`mct.benchmarks.claims` from every seed of ``recs``); default none."""
         return []
 
     def unsupported(self, stage: str):

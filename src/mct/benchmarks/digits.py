@@ -238,11 +238,11 @@ class Digits(ImageBenchmark):
                                         device=ctx.device, seed=cfg.eval.seed)
         return {**m, **classes}
 
-    def extra_metrics(self, cfg: DigitsConfig, ctx: RunContext, variant: str) -> dict:
+    def extra_metrics(self, cfg: DigitsConfig, ctx: RunContext, variant: str, run_dir=None) -> dict:
         """The M-step gradient variance with and without noise cancellation (``eval.grad_var_batches``; 0: none)."""
         if not cfg.eval.grad_var_batches:
             return {}
-        return self.mstep_grad_variance(cfg, ctx, variant, cfg.eval.grad_var_batches, cfg.eval.seed)
+        return self.mstep_grad_variance(cfg, ctx, variant, cfg.eval.grad_var_batches, cfg.eval.seed, run_dir)
 
     # ---- the benchmark's own stages
 

@@ -201,15 +201,17 @@ class ImageBenchmark(Benchmark):
 
         return evaluate
 
-    def mstep_grad_variance(self, cfg, ctx: RunContext, variant: str, batches: int, seed: int) -> dict:
+    def mstep_grad_variance(self, cfg, ctx: RunContext, variant: str, batches: int, seed: int,
+                            run_dir: Path | None = None) -> dict:
         """The M-step gradient variance of the run's final (non-EMA) generator over ``batches`` fixed
         batches, with and without noise cancellation on the same E-step chains
-        (docs/method.md#noise-cancellation), and the seconds it took."""
+        (docs/method.md#noise-cancellation), and the seconds it took. ``run_dir``: the training seed's
+        folder (None: the first seed's)."""
         from ..checkpoint import load_state_strict
         from ..distill.diagnostics import mstep_gradient_variance
 
         parts = self.build(cfg, ctx)
-        path, state = self.checkpoint_of(cfg, ctx, variant, ("generator", "student"))
+        path, state = self.checkpoint_of(cfg, ctx, variant, ("generator", "student"), run_dir)
         load_state_strict(parts.generator, state["generator"], "generator", path)
         load_state_strict(parts.student, state["student"], "student score", path)
         parts.generator.eval()
@@ -240,31 +242,57 @@ class ImageBenchmark(Benchmark):
             raise MCTError(f"{path} does not exist: run `{command}` first")
         return path
 
+    # a one-step student "approaches" the teacher when its FID is within this share of the teacher's at
+    # the teacher's largest NFE: the paper's one-step FIDs sit within ~10 % of their multi-step teachers
+    # (or below), and at 1,000 samples on the embedded features the seed-to-seed spread of FID is of that order
+    TEACHER_MARGIN = 0.10
+
     def claims(self, section: dict, ctx: RunContext, recs: list) -> list:
-        """The paper's claims on this benchmark (lower FID is better). One number per side has no
-        interval, so each reads 'inconclusive' until the variants run several seeds."""
-        from ..records import Claim, Interval, TeacherMetrics, read_record
-        from ..stats import verdict
+        """The paper's claims on this benchmark, each decided by an interval over training seeds
+        (:mod:`mct.benchmarks.claims`): more K covers more modes (the best K vs K = 1: FID, recall, class
+        histogram), noise cancellation lowers the M-step gradient variance (mct's own seeds, same state and
+        chains) and speeds convergence (FID at the first evaluation point and over the curve, mct vs
+        no-nc), reparametrisation (mct vs no-reparam), teacher init (mct vs random-init), mct vs K = 1, and
+        the one-step student within ``TEACHER_MARGIN`` of the teacher's FID at its largest NFE. A claim
+        whose variants this config does not run is left out."""
+        from ..io import is_complete
+        from ..records import TeacherMetrics, read_record
+        from .claims import SeedTable, decide, first_fid, keep, mean_curve_fid, versus, versus_value
 
-        def claim(text, metric, a, b, better="lower"):
-            diff = Interval(mean=a - b, n=1)
-            return Claim(text, verdict(diff, better), metric=metric, better=better, basis="one value per side",
-                         diff=diff)
-
-        by = {r.variant: r.scores for r in recs}
-        mct = by.get("mct")
-        if mct is None or mct.get("fid") is None:
-            return []
+        t = SeedTable(recs)
         out = []
-        tpath = self.teacher_dir(ctx) / "metrics.json"
-        if tpath.exists():
-            top = max(read_record(tpath, TeacherMetrics).rows, key=lambda r: r.nfe)
-            out.append(claim(f"one-step mct FID <= teacher FID at {top.nfe} NFE", "fid", mct.get("fid"),
-                             top.scores.get("fid")))
-        for v in ("k1", "no-nc", "no-reparam", "random-init"):
-            if v in by and by[v].get("fid") is not None:
-                out.append(claim(f"mct beats {v} on FID", "fid", mct.get("fid"), by[v].get("fid")))
-        if mct.get("mstep_grad_var_nc") is not None:
-            out.append(claim("noise cancellation lowers the M-step gradient variance (same state, same chains)",
-                             "mstep_grad_var_nc", mct.get("mstep_grad_var_nc"), mct.get("mstep_grad_var_no_nc")))
+        best = t.best_k("fid")
+        if best is not None and "k1" in t:
+            k = t.settings[best].get("K")
+            note = f"{best} (K = {k}) is the K-sweep's best FID mean on these seeds"
+            for metric in ("fid", "recall", "class_kl_uniform"):
+                out += keep(versus(t, f"more Langevin steps cover more modes: K = {k} beats K = 1 on {metric}",
+                                   best, "k1", metric, note=note))
+        if best != "mct":
+            out += keep(versus(t, "mct beats K = 1 (reverse KL) on FID", "mct", "k1", "fid"))
+        if "mct" in t:
+            out += keep(decide("noise cancellation lowers the M-step gradient variance", "mstep_grad_var_nc", "lower",
+                               t.values("mct", "mstep_grad_var_nc"), t.values("mct", "mstep_grad_var_no_nc"),
+                               ("with", "without noise cancellation"), what="the M-step gradient variance "
+                               "of mct's final state (same state, same E-step chains per seed)"))
+        if "no-nc" in t:
+            a, b = t.derived("mct", first_fid), t.derived("no-nc", first_fid)
+            it = next((r.fid_curve[0].iteration for r in t.runs["mct"] if r.fid_curve), None)
+            out += keep(decide(f"noise cancellation speeds convergence: lower FID at iteration {it}", "fid", "lower",
+                               a, b, ("mct", "no-nc"), what=f"the FID-curve's first point (iteration {it})"),
+                        decide("noise cancellation speeds convergence: lower mean FID over training", "fid", "lower",
+                               t.derived("mct", mean_curve_fid), t.derived("no-nc", mean_curve_fid),
+                               ("mct", "no-nc"), what="the area under the FID curve per iteration"),
+                        versus(t, "noise cancellation gives a better final student (FID)", "mct", "no-nc", "fid"))
+        out += keep(versus(t, "reparametrised sampling beats (x, z) sampling (FID)", "mct", "no-reparam", "fid"),
+                    versus(t, "init from the teacher beats random init (FID)", "mct", "random-init", "fid"))
+        tdir = self.teacher_dir(ctx)
+        if "mct" in t and is_complete(tdir, "teacher_eval"):
+            top = max(read_record(tdir / "metrics.json", TeacherMetrics).rows, key=lambda r: r.nfe)
+            ref = top.scores.get("fid")
+            if ref is not None:
+                out += keep(versus_value(
+                    t, f"the one-step student approaches the teacher: FID within {self.TEACHER_MARGIN:.0%} of the "
+                       f"teacher's at {top.nfe} NFE", "mct", "fid", f"teacher ({top.nfe} NFE)", ref, "lower",
+                    self.TEACHER_MARGIN * ref))
         return out

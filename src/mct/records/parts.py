@@ -152,7 +152,10 @@ class Claim:
     when the interval of ``diff`` lies wholly on the claimed side of zero (``better``: the
     direction the claim says the difference goes, 'lower' or 'higher'), ``reversed`` when it lies
     wholly on the other side, else ``inconclusive``. ``basis`` says in words what was compared
-    (variants, metric, seeds, paired or not); ``values`` are the means that enter it."""
+    (variants, metric, seeds, paired or not); ``values`` are the means that enter it. ``threshold``:
+    what the interval is compared with instead of zero, for claims with a tolerance ('within 10 % of
+    the teacher's FID': better 'lower', threshold 0.1 x the teacher's FID; 'holds' when diff.hi <
+    threshold, 'reversed' when diff.lo > threshold)."""
 
     claim: str
     verdict: str
@@ -161,6 +164,7 @@ class Claim:
     basis: str = ""
     diff: Optional[Interval] = None
     values: dict[str, float] = field(default_factory=dict)
+    threshold: float = 0.0
 
     def __post_init__(self):
         if self.verdict not in VERDICTS:
