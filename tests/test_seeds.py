@@ -239,3 +239,44 @@ def test_image_claims_grad_variance_convergence_and_the_teacher_margin(tmp_path)
     assert t.diff.hi == pytest.approx(0.04 + _half(0.01, 3))
     # and the same numbers with no margin would not say 'approaches': the student is worse than the teacher
     assert t.diff.lo > 0
+
+
+def test_kill_9_during_the_third_seed_then_rerun(tmp_path, caplog):
+    """A real kill -9 of `mct distill` once seed 2 has a checkpoint: no completion record; the rerun
+    leaves seeds 0 and 1 alone and resumes seed 2 from its checkpoint."""
+    import logging
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import yaml
+
+    from mct.cli import main
+
+    section = {**TINY, "train": {**TINY["train"], "iterations": 400, "checkpoint_every": 10, "log_every": 10}}
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"results_dir": str(tmp_path / "r"), "progress": False,
+                                   "benchmarks": {"toy2d": section}}))
+    run = tmp_path / "r" / "toy2d" / "runs" / "mct"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.Popen([sys.executable, "-m", "mct.cli", "distill", "--config", str(cfg), "--bench", "toy2d",
+                             "--variant", "mct", "--no-progress"], env=env, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list((run / "seed-2" / "checkpoints").glob("ckpt-*.pt")) and proc.poll() is None \
+            and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run / "seed-2" / "checkpoint.pt").exists(), "seed 2 finished before the kill"
+    assert not (run / ".complete-distill.json").exists()
+    done = {p: p.stat().st_mtime_ns for p in (run / "checkpoint.pt", run / "seed-1" / "checkpoint.pt")}
+    caplog.set_level(logging.INFO, logger="mct")
+    assert main(["distill", "--config", str(cfg), "--bench", "toy2d", "--variant", "mct", "--no-progress"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in done} == done  # seeds 0 and 1 were not trained again
+    resumed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("resumed from")]
+    assert len(resumed) == 1 and "seed-2" in resumed[0]
+    assert is_complete(run, "distill")
+    assert torch.load(run / "seed-2" / "checkpoint.pt", map_location="cpu", weights_only=True)["iteration"] == 400
