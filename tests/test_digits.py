@@ -99,10 +99,27 @@ def test_correction_and_summary(quick_run):
         rows = list(csv.DictReader(f))
     assert [r["variant"] for r in rows] == variants
     assert all(r["nfe"] == "1" for r in rows)
+    # mct and k1 ran two training seeds (quick.yaml): their rows carry n = 2 and an interval
+    by = {r["variant"]: r for r in rows}
+    assert by["mct"]["seeds"] == "0 1" and by["mct"]["fid_n"] == "2" and by["k2"]["fid_n"] == "1"
+    lo, mean, hi = (float(by["mct"][f"fid_{k}"]) for k in ("lo95", "mean", "hi95"))
+    assert lo <= mean <= hi and by["k2"]["fid_lo95"] == ""
+    rec = read_record(root / "runs" / "mct" / "metrics.json", RunMetrics)
+    assert [s.seed for s in rec.seeds] == [0, 1] and (root / "runs" / "mct" / "seed-1" / "checkpoint.pt").is_file()
+    fids = [s.scores.get("fid") for s in rec.seeds]
+    assert float(by["mct"]["fid_mean"]) == pytest.approx(sum(fids) / 2) and fids[0] == rec.scores.get("fid")
     summary = _json(root / "summary.json")
-    names = [c["claim"] for c in summary["claims"]]
-    assert any("teacher FID" in n for n in names) and any("k1" in n for n in names)
-    assert all(isinstance(c["holds"], bool) for c in summary["claims"])
+    comps = {(c["variant"], c["baseline"], c["metric"]): c for c in summary["comparisons"]}
+    assert comps[("mct", "k1", "fid")]["paired"] and comps[("mct", "k1", "fid")]["seeds"] == [0, 1]
+    assert comps[("mct", "k1", "fid")]["diff"]["mean"] == pytest.approx(
+        sum(fids) / 2 - float(by["k1"]["fid_mean"]))
+    claims = {c["claim"]: c for c in summary["claims"]}
+    assert any("within 10% of the teacher's at 7 NFE" in n for n in claims)
+    assert any("beats K = 1" in n for n in claims) and any("gradient variance" in n for n in claims)
+    assert all(c["verdict"] in ("holds", "reversed", "inconclusive") and c["basis"] for c in claims.values())
+    # one seed of no-nc against two of mct: no interval on one side, so no verdict but 'inconclusive'
+    nc = next(c for n, c in claims.items() if "better final student" in n)
+    assert nc["verdict"] == "inconclusive" and "no interval" in nc["basis"]
 
 
 def test_distill_resume_keeps_the_finished_run(quick_run):
