@@ -7,7 +7,9 @@ Results layout (paths under ``<results_dir>/<bench>/``; ``{variant}`` per varian
     teacher/metrics.json                      teacher_eval (teacher/samples.png too, untracked)
     features/checkpoint.pt, metrics.json      features
     clip/checkpoint.pt, metrics.json, train_log.csv   clip
-    runs/{variant}/checkpoint.pt, train_log.csv            distill
+    runs/{variant}/checkpoint.pt, train_log.csv            distill (the first training seed; each further
+    runs/{variant}/seed-<s>/checkpoint.pt, train_log.csv   seed in seed-<s>/, not a workflow output: evaluate
+                                                           checks each seed's checkpoint itself)
     runs/{variant}/metrics.json, samples.png               evaluate
     runs/{variant}/correct/metrics.json, before.png, after.png   correct
     summary.csv                               summarize
