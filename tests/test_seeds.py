@@ -280,3 +280,26 @@ def test_kill_9_during_the_third_seed_then_rerun(tmp_path, caplog):
     assert len(resumed) == 1 and "seed-2" in resumed[0]
     assert is_complete(run, "distill")
     assert torch.load(run / "seed-2" / "checkpoint.pt", map_location="cpu", weights_only=True)["iteration"] == 400
+
+
+def test_the_workflow_reruns_a_variant_whose_seed_count_changes():
+    """train.seeds is in the params of the variant's distill and evaluate jobs and of summarize (a
+    Snakemake rerun trigger), though not in any run's hash (the trained seeds are kept)."""
+    from pathlib import Path
+
+    from mct.pipeline.jobs import Pipeline
+
+    repo = Path(__file__).resolve().parents[1]
+
+    def jobs(section):
+        p = Pipeline("c.yaml", raw={"results_dir": "r", "benchmarks": {"toy2d": section}}, base=repo)
+        return {j.name: j.config_hash for j in p.jobs}
+
+    three = {**TINY, "variants": {"mct": {}, "k1": {"em": {"num_steps": 1}}}}
+    four = {**three, "variants": {"mct": {"train": {"seeds": 4}}, "k1": {"em": {"num_steps": 1}}}}
+    a, b = jobs(three), jobs(four)
+    changed = {n for n in a if a[n] != b[n]}
+    assert {"distill_toy2d_mct", "evaluate_toy2d_mct"} <= changed
+    assert not changed & {"distill_toy2d_k1", "evaluate_toy2d_k1", "teacher_eval_toy2d"}
+    assert TOY.run_hash(TOY.parse(three, "mct")) == TOY.run_hash(TOY.parse(four, "mct"))
+    assert TOY.variant_hash(TOY.parse(three, "mct")) != TOY.variant_hash(TOY.parse(four, "mct"))
