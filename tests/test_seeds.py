@@ -15,7 +15,7 @@ from mct.benchmarks.digits import Digits
 from mct.benchmarks.toy2d import BENCHMARK as TOY
 from mct.errors import MCTError
 from mct.io import is_complete, stage_outputs
-from mct.records import (CurvePoint, RunMetrics, Scores, SeedRun, TeacherMetrics, TeacherRow, provenance, read_record,
+from mct.records import (CurvePoint, RunMetrics, Scores, SeedRun, TeacherMetrics, TeacherRow, provenance,
                          write_record)
 
 TINY = {
@@ -209,7 +209,8 @@ def test_summarize_refuses_metrics_of_other_seeds_than_the_config_asks(tmp_path)
 
 
 DIGITS = {"train": {"seeds": 3},
-          "variants": {"mct": {}, "k1": {"em": {"num_steps": 1, "gamma_z": 0.0}}, "no-nc": {"em": {"noise_cancel": False}}}}
+          "variants": {"mct": {}, "k1": {"em": {"num_steps": 1, "gamma_z": 0.0}},
+                       "no-nc": {"em": {"noise_cancel": False}}}}
 
 
 def test_image_claims_grad_variance_convergence_and_the_teacher_margin(tmp_path):
@@ -303,3 +304,14 @@ def test_the_workflow_reruns_a_variant_whose_seed_count_changes():
     assert not changed & {"distill_toy2d_k1", "evaluate_toy2d_k1", "teacher_eval_toy2d"}
     assert TOY.run_hash(TOY.parse(three, "mct")) == TOY.run_hash(TOY.parse(four, "mct"))
     assert TOY.variant_hash(TOY.parse(three, "mct")) != TOY.variant_hash(TOY.parse(four, "mct"))
+
+
+def test_benchmarks_whose_evaluate_scores_one_seed_refuse_more_before_training(tmp_path):
+    from mct.benchmarks.base import get_benchmark
+    from mct.errors import ConfigError
+
+    for name in ("imagenet64", "sd15"):
+        with pytest.raises(ConfigError, match=f"{name}: evaluate scores the first training seed only"):
+            get_benchmark(name).distill({"train": {"seeds": 2}, "variants": {"mct": {}}},
+                                        RunContext(tmp_path, progress=False), "mct")
+        assert not (tmp_path / name).exists()

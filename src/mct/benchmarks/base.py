@@ -91,6 +91,9 @@ class Benchmark:
     untrained_keys: tuple[str, ...] = ("eval", "correct", "features", "variants", "num_threads")
     # metrics.json keys copied into summary.csv after the variant's settings
     summary_metrics: tuple[str, ...] = ()
+    # False where ``evaluate`` is the benchmark's own and scores the first training seed only
+    # (the streamed paper-scale evaluations): distill then refuses train.seeds > 1 before training
+    scores_every_seed: bool = True
 
     # ------------------------------------------------------------------ config
 
@@ -209,6 +212,9 @@ class Benchmark:
         from ..io import ensure_writable_dir
 
         cfg = self.setup(section, variant)
+        if cfg.train.seeds > 1 and not self.scores_every_seed:
+            raise ConfigError(f"{self.name}: evaluate scores the first training seed only; train.seeds must be 1 "
+                              f"here, got {cfg.train.seeds}")
         run_dir = ensure_writable_dir(ctx.run_dir(self.name, variant))
         summaries = []
         try:

@@ -196,6 +196,7 @@ class ImageNet(Benchmark):
     stages = ("teacher_fetch", "teacher_eval", "distill", "evaluate", "summarize")
     untrained_keys = Benchmark.untrained_keys + ("lock_file",)  # where sha256 pins are recorded
     summary_metrics = ("fid", "fid_mean", "fid_seeds", "num_samples")
+    scores_every_seed = False  # its streamed evaluate scores one training seed
 
     def __init__(self, name: str):
         if name not in DEFAULTS:

@@ -169,6 +169,7 @@ class SD15(Benchmark):
     stages = ("teacher_fetch", "teacher_eval", "distill", "evaluate", "summarize")
     untrained_keys = Benchmark.untrained_keys + ("gradient_checkpointing",)
     summary_metrics = ("fid", "clip_score", "num_samples")
+    scores_every_seed = False  # its streamed evaluate scores one training seed
 
     def settings(self, cfg: SD15Config) -> dict:
         return {**super().settings(cfg), "guidance": cfg.teacher.guidance, "sigma_g": cfg.sigma_g}

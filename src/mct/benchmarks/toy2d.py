@@ -222,7 +222,8 @@ class Toy2D(Benchmark):
                                    best, "k1", metric, note=note))
         if best != "mct":
             out += keep(versus(t, "mct beats K = 1 (reverse KL) on mode_mass_tv", "mct", "k1", "mode_mass_tv"))
-        out += keep(versus(t, "noise cancellation gives a better student (mode_mass_tv)", "mct", "no-nc", "mode_mass_tv"),
+        out += keep(versus(t, "noise cancellation gives a better student (mode_mass_tv)", "mct", "no-nc",
+                           "mode_mass_tv"),
                     versus(t, "reparametrised sampling beats (x, z) sampling (mode_mass_tv)", "mct", "no-reparam",
                            "mode_mass_tv"),
                     versus(t, "init from the teacher beats random init (mode_mass_tv)", "mct", "random-init",
