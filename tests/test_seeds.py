@@ -310,7 +310,8 @@ def test_benchmarks_whose_evaluate_scores_one_seed_refuse_more_before_training(t
     from mct.benchmarks.base import get_benchmark
     from mct.errors import ConfigError
 
-    for name in ("imagenet64", "sd15"):
+    assert get_benchmark("sd15").scores_every_seed is False  # (its config needs prompt files to parse)
+    for name in ("imagenet64", "imagenet128"):
         with pytest.raises(ConfigError, match=f"{name}: evaluate scores the first training seed only"):
             get_benchmark(name).distill({"train": {"seeds": 2}, "variants": {"mct": {}}},
                                         RunContext(tmp_path, progress=False), "mct")
