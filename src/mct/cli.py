@@ -30,7 +30,8 @@ Pipeline steps (each reads --config and writes under its results_dir):
   export                     a distilled generator as a self-describing folder (mct.load_generator)
   bench                      speed and memory measurements -> results/bench/*.json
   report                     results/report.html from whatever results exist
-  config check|schema|show   validate a config / print its JSON schema / show a resolved variant
+  config check|schema|show   validate a config (and that a paper run fits its GPUs) / print its JSON schema / show a variant
+  plan                       per-GPU batch, accumulation, GPUs, hours and runtime segments from `mct rehearse`'s record
   workflow dvc               write dvc.yaml from the pipeline's stage table (src/mct/pipeline/)
 """
 
@@ -158,7 +159,12 @@ def _cmd_config(args):
         raise MCTError("config check/show need --config")
     root, raw = load_root(args.config)
     if args.action == "check":
+        from .pipeline.plan import check_memory
+
+        lines = check_memory(raw, root.results_dir, args.config)  # a plan that cannot fit its GPUs is refused
         print(f"{args.config}: ok ({', '.join(raw.get('benchmarks') or {}) or 'no benchmarks'})")
+        for line in lines:
+            print(f"  {line}")
     else:
         from .benchmarks.base import get_benchmark, section_of
         from .config import to_dict
@@ -167,6 +173,13 @@ def _cmd_config(args):
             raise MCTError("config show needs --bench")
         cfg = get_benchmark(args.bench).parse(section_of(raw, args.bench), args.variant)
         print(json.dumps(to_dict(cfg), indent=2))
+
+
+def _cmd_plan(args):
+    from .pipeline.plan import plan_command
+
+    root, raw = load_root(args.config, args.results_dir)
+    print("\n".join(plan_command(raw, root.results_dir, args.bench, args.rehearsal_dir)))
 
 
 def _cmd_sample(args):
@@ -268,6 +281,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--bench", default=None)
     sp.add_argument("--variant", default=None)
     sp.set_defaults(func=_cmd_config)
+
+    sp = sub.add_parser("plan", help="derive batch split, GPUs, runtime and segments from a rehearsal record")
+    sp.add_argument("--config", required=True)
+    sp.add_argument("--bench", action="append", default=None, help="benchmark(s) to plan (default: every paper-scale one)")
+    sp.add_argument("--results-dir", default=None, help="override the config's results_dir")
+    sp.add_argument("--rehearsal-dir", default=None,
+                    help="folder of <bench>.json rehearsal records (default: <results_dir>/rehearsal)")
+    sp.set_defaults(func=_cmd_plan)
 
     sp = sub.add_parser("workflow", help="generate workflow files from the stage table")
     sp.add_argument("action", choices=["dvc"])
