@@ -7,12 +7,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import time
 from pathlib import Path
 
 from . import __version__
-from .errors import MCTError
+from .errors import TIME_LIMIT_EXIT, MCTError, TimeLimitReached
 from .root import RootConfig, load_root
+
+_STARTED = time.monotonic()  # a job's time limit counts from its start, imports included
+TIME_LIMIT_ENV = "MCT_TIME_LIMIT_MIN"  # set by the workflow's distill rule under SLURM (its runtime resource)
+STOP_MARGIN_S = 300.0  # stop this long before a time limit (capped at 5 % of it): exit, teardown, clock skew
 
 DESCRIPTION = """\
 MCT: distil a diffusion teacher into a one-step generator by EM (Xie et al., 2024).
@@ -62,6 +68,7 @@ def _bench_stage(stage: str):
             kwargs["variant"] = args.variant
         if stage == "distill":
             kwargs["resume"] = args.resume
+            kwargs["deadline"] = _deadline(args.time_limit)
         ctx = _context(root, args, computes=stage not in ("teacher_fetch", "summarize"))
         from .distributed import init_from_env, rank, stage_runs_here
 
@@ -84,6 +91,25 @@ def _bench_stage(stage: str):
             raise
 
     return run
+
+
+def _deadline(minutes):
+    """The ``time.monotonic()`` value a distill job stops before: ``--time-limit`` minutes
+    (else ``$MCT_TIME_LIMIT_MIN``) after this process started, less a margin; None without either."""
+    source = "--time-limit"
+    if minutes is None:
+        text = os.environ.get(TIME_LIMIT_ENV, "").strip()
+        if not text:
+            return None
+        source = f"${TIME_LIMIT_ENV}"
+        try:
+            minutes = float(text)
+        except ValueError:
+            raise MCTError(f"{source} must be a number of minutes, got {text[:40]!r}") from None
+    if not 0 < minutes < 1e7:
+        raise MCTError(f"{source} must be a number of minutes > 0, got {minutes!r}")
+    seconds = minutes * 60.0
+    return _STARTED + seconds - min(STOP_MARGIN_S, 0.05 * seconds)
 
 
 # the folder a stage writes (and locks against a second writer), under <results_dir>/<bench>/
@@ -247,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="continue from the latest checkpoint (required to exist)")
             g.add_argument("--no-resume", dest="resume", action="store_const", const="no",
                            help="start afresh, discarding checkpoints (default: resume when a compatible one exists)")
+            sp.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
+                            help=f"stop cleanly before this many minutes with a checkpoint saved, exit status "
+                                 f"{TIME_LIMIT_EXIT}; rerun to resume (default: ${TIME_LIMIT_ENV}, else none)")
         sp.set_defaults(func=_bench_stage(name))
 
     sp = sub.add_parser("sample", help="images from a distilled generator (EMA, one network pass per batch)")
@@ -305,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         args.func(args)
+    except TimeLimitReached as exc:  # not a failure: the workflow resubmits the job, which resumes
+        print(f"mct: {exc}", file=sys.stderr)
+        return TIME_LIMIT_EXIT
     except MCTError as exc:  # one line, whatever the message holds
         message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         print(f"mct: error: {message}", file=sys.stderr)
