@@ -36,7 +36,7 @@ Pipeline steps (each reads --config and writes under its results_dir):
   export                     a distilled generator as a self-describing folder (mct.load_generator)
   bench                      speed and memory measurements -> results/bench/*.json
   report                     results/report.html from whatever results exist
-  config check|schema|show   validate a config (and that a paper run fits its GPUs) / print its JSON schema / show a variant
+  config check|schema|show   validate a config (a paper run must fit its GPUs) / print its schema / show a variant
   plan                       per-GPU batch, accumulation, GPUs, hours and runtime segments from `mct rehearse`'s record
   workflow dvc               write dvc.yaml from the pipeline's stage table (src/mct/pipeline/)
 """
@@ -313,7 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("plan", help="derive batch split, GPUs, runtime and segments from a rehearsal record")
     sp.add_argument("--config", required=True)
-    sp.add_argument("--bench", action="append", default=None, help="benchmark(s) to plan (default: every paper-scale one)")
+    sp.add_argument("--bench", action="append", default=None,
+                    help="benchmark(s) to plan (default: every paper-scale one)")
     sp.add_argument("--results-dir", default=None, help="override the config's results_dir")
     sp.add_argument("--rehearsal-dir", default=None,
                     help="folder of <bench>.json rehearsal records (default: <results_dir>/rehearsal)")

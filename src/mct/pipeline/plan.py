@@ -28,7 +28,7 @@ from ..errors import ConfigError, MCTError
 
 # the benchmarks `mct rehearse` measures: the ones whose memory `mct config check` checks
 PAPER_BENCHES = ("imagenet64", "imagenet128", "sd15")
-USABLE_FRACTION = 0.9       # of a GPU's memory: the CUDA context, NCCL buffers and allocator fragmentation take the rest
+USABLE_FRACTION = 0.9       # of a GPU's memory: the CUDA context, NCCL buffers, allocator fragmentation take the rest
 ELEMENT_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}   # bytes of one saved activation in each precision
 SEGMENT_OVERHEAD_H = 0.5    # per job: start-up (teacher load), the stop margin before the limit, the last checkpoint
 CHECKPOINT_WALL_H = 0.5     # checkpoint at least this often (wall hours): the most work a crash loses
@@ -194,7 +194,8 @@ def check_memory(raw: dict, results_dir: str | Path, config_name: str) -> list[s
                     f"(weights, gradients and Adam states {_gb(rec.state_bytes)} + activations "
                     f"{_gb(rec.sample_bytes(shape.precision, shape.checkpointing))} per sample in {shape.precision}"
                     f"{', checkpointed' if shape.checkpointing else ''}) against {_gb(usable)} usable of one "
-                    f"{cluster.gpu_memory_gb:g} GB GPU ({path}); `mct plan --config {config_name}` derives a split that fits")
+                    f"{cluster.gpu_memory_gb:g} GB GPU ({path}); `mct plan --config {config_name}` derives a split "
+                    "that fits")
             if worst is None or need > worst[0]:
                 worst = (need, shape)
         need, shape = worst
@@ -242,9 +243,11 @@ class Plan:
             f"  memory per GPU: {_gb(self.state_bytes)} weights, gradients and Adam states + {self.micro_batch} x "
             f"{_gb(self.sample_bytes)} activations ({self.precision}{ck}) = {_gb(self.memory_bytes)}; "
             f"at most {self.max_micro_batch} samples per GPU fit",
-            f"  batch {self.batch_size} = {self.gpus} GPU(s) x {self.micro_batch} per GPU x accumulation {self.accumulation}",
+            f"  batch {self.batch_size} = {self.gpus} GPU(s) x {self.micro_batch} per GPU x accumulation "
+            f"{self.accumulation}",
             f"  cost: {self.total_flop:.3g} FLOP = {self.gpu_hours:,.0f} GPU-hours; {self.wall_hours:,.1f} h on "
-            f"{self.gpus} GPU(s) in {self.segments} job(s) of {self.runtime_min} min (limit {self.max_runtime_min} min)",
+            f"{self.gpus} GPU(s) in {self.segments} job(s) of {self.runtime_min} min "
+            f"(limit {self.max_runtime_min} min)",
             f"  config: benchmarks.{self.bench}.train: {{batch_size: {self.batch_size}, accumulation: "
             f"{self.accumulation}, checkpoint_every: {self.checkpoint_every}}}"
             + ("; and turn activation checkpointing on (the config has it off)" if self.checkpointing_added else ""),
@@ -263,8 +266,9 @@ def _nice_floor(x: float) -> int:
 
 def make_plan(raw: dict, bench: str, rec: Rehearsal) -> Plan:
     """The plan of ``bench``'s distill job: the fewest GPUs (divisors of the global batch) that
-    finish the run within one ``cluster.max_runtime`` job, else every GPU of a node; the fewest accumulation steps whose micro-batch fits (activation checkpointing
-    when the config asks for it, or when not even one sample fits without); the segments
+    finish the run within one ``cluster.max_runtime`` job, else every GPU of a node; the
+    fewest accumulation steps whose micro-batch fits (activation checkpointing when the
+    config asks for it, or when not even one sample fits without); the segments
     the run needs at ``cluster.max_runtime``, each job asking for an equal share of the wall
     time plus :data:`SEGMENT_OVERHEAD_H`; a checkpoint every :data:`CHECKPOINT_WALL_H` hours."""
     from .resources import parse_cluster
