@@ -181,3 +181,32 @@ def test_segments_feed_the_distill_retries():
     assert segments_of(parse_cluster({}), "imagenet128") == 1
     with pytest.raises(ConfigError, match="segments must be an integer >= 1"):
         parse_cluster({"cluster": {"stages": {"distill": {"segments": 0}}}})
+
+
+def test_a_record_in_rehearse_s_own_shape(tmp_path):
+    """`mct rehearse` also writes generator_ema, grads_bytes, the batch-independent activations,
+    projection.gpu_hours and the device (activations measured on a CPU are fp32)."""
+    rec = json.loads((RECORDS / "imagenet64.json").read_text())
+    for key in ("precision",):
+        rec.pop(key)
+    rec["memory"].pop("activation_precision")
+    p = rec["memory"]["params_bytes"]
+    p["generator_ema"], p["total"] = p["generator"], 4 * p["generator"]
+    rec["memory"]["grads_bytes"] = 2 * p["generator"] + 1000
+    rec["memory"]["activation_fixed_bytes"] = {"none": 2 * 10**9, "checkpointed": 10**8}
+    rec["projection"]["gpu_hours"] = rec["projection"].pop("hours")
+    rec.update(device="cpu", settings={"train_precision": "bf16"})
+    (tmp_path / "r.json").write_text(json.dumps(rec))
+    got = read_rehearsal(tmp_path / "r.json")
+    assert got.activation_precision == "fp32"
+    assert got.state_bytes == 10 * 4 * 295_899_267 + 1000
+    assert got.fixed_bytes(False) == got.state_bytes + 2 * 10**9
+    assert got.flop_rate["H100-80GB"] == pytest.approx(0.4 * 989.4e12)
+    _, raw = _config(tmp_path, "imagenet64", records=False)
+    plan = make_plan(raw, "imagenet64", got)
+    # (72 GB - 11.84 GB - 2 GB fixed activations) / 0.993 GB = 58 samples per GPU (60 without them)
+    assert plan.max_micro_batch == 58
+    assert plan.memory_bytes == pytest.approx(got.fixed_bytes(False) + 32 * 1.85 * 2**30 / 2, rel=1e-6)
+    rec["device"] = "cuda"
+    (tmp_path / "r.json").write_text(json.dumps(rec))
+    assert read_rehearsal(tmp_path / "r.json").activation_precision == "bf16"

@@ -9,9 +9,10 @@ refuses a config whose per-GPU memory exceeds the declared GPU's.
 
 The memory model (per GPU, data-parallel, every GPU holds the whole training state):
 weights of teacher, generator, generator EMA and student score, gradients of generator and
-student, their Adam states (all as the record measured them) plus micro-batch x activation
-memory per sample, scaled from the record's precision to the run's (2 bytes per element in
-bf16/fp16 against 4 in fp32). At most :data:`USABLE_FRACTION` of a GPU's memory counts as
+student, their Adam states (all as the record measured them), the batch-independent part of
+the activations when the record has it, plus micro-batch x activation memory per sample,
+scaled from the record's precision to the run's (2 bytes per element in bf16/fp16 against 4
+in fp32; a record made on a CPU measured fp32). At most :data:`USABLE_FRACTION` of a GPU's memory counts as
 usable. The time model: the record's FLOP per sample per iteration x batch x iterations,
 at the effective FLOP rate of the record's projection (its stated utilisation), with
 perfect data-parallel scaling over the GPUs of one node."""
@@ -48,6 +49,8 @@ class Rehearsal:
     flops_per_sample: float
     flop_rate: dict
     flops_per_sample_checkpointed: Optional[float] = None
+    grads_bytes: Optional[int] = None          # measured, else the generator's and student's weights' size
+    activation_fixed_bytes: Optional[dict] = None   # batch-independent part of the activations, by mode
 
     def flops(self, checkpointed: bool) -> float:
         """FLOP per sample per iteration; with checkpointing, the recomputing count when the record has one."""
@@ -58,9 +61,15 @@ class Rehearsal:
     @property
     def state_bytes(self) -> int:
         """What every GPU holds whatever its batch: teacher, generator, generator EMA and
-        student weights, generator and student gradients (their weights' size), Adam states."""
+        student weights, generator and student gradients, Adam states."""
         p = self.params_bytes
-        return p["teacher"] + 2 * p["generator"] + p["student"] + p["generator"] + p["student"] + self.optimizer_bytes
+        grads = self.grads_bytes if self.grads_bytes is not None else p["generator"] + p["student"]
+        return p["teacher"] + p["generator"] + p["generator_ema"] + p["student"] + grads + self.optimizer_bytes
+
+    def fixed_bytes(self, checkpointed: bool) -> int:
+        """:attr:`state_bytes` plus the batch-independent activations (when the record has them)."""
+        extra = (self.activation_fixed_bytes or {}).get("checkpointed" if checkpointed else "none", 0)
+        return self.state_bytes + int(extra)
 
     def sample_bytes(self, precision: str, checkpointed: bool) -> float:
         """Activation memory of one sample in ``precision`` (with or without activation checkpointing)."""
@@ -94,17 +103,29 @@ def read_rehearsal(path: str | Path) -> Rehearsal:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MCTError(f"rehearsal record {path} is not JSON ({str(exc)[:80]})") from None
     params = {k: _get(data, f"memory.params_bytes.{k}", path) for k in ("generator", "student", "teacher")}
-    act = {k: _get(data, f"memory.activation_bytes_per_sample.{k}", path) for k in ("none", "checkpointed")}
     memory = _get(data, "memory", path, dict)
-    precision = memory.get("activation_precision", data.get("precision", "fp32"))
+    params["generator_ema"] = (_get(data, "memory.params_bytes.generator_ema", path)
+                               if "generator_ema" in memory["params_bytes"] else params["generator"])
+    grads = _get(data, "memory.grads_bytes", path) if memory.get("grads_bytes") is not None else None
+    act = {k: _get(data, f"memory.activation_bytes_per_sample.{k}", path) for k in ("none", "checkpointed")}
+    fixed = None
+    if isinstance(memory.get("activation_fixed_bytes"), dict):
+        fixed = {k: _get(data, f"memory.activation_fixed_bytes.{k}", path)
+                 for k in ("none", "checkpointed") if k in memory["activation_fixed_bytes"]}
+    # the precision the activations were measured in: stated, else fp32 on a CPU (autocast is CUDA-only
+    # here), else the run's training precision
+    settings = data.get("settings") if isinstance(data.get("settings"), dict) else {}
+    precision = memory.get("activation_precision") or data.get("precision") or (
+        "fp32" if data.get("device", "cpu") == "cpu" else settings.get("train_precision", "fp32"))
     if precision not in ELEMENT_BYTES:
         raise MCTError(f"rehearsal record {path}: activation precision {str(precision)[:20]!r} is not one of "
                        f"{', '.join(ELEMENT_BYTES)}")
     total = _get(data, "projection.total_flop", path, float)
-    hours = _get(data, "projection.hours", path, dict)
+    key = "projection.hours" if "hours" in _get(data, "projection", path, dict) else "projection.gpu_hours"
+    hours = _get(data, key, path, dict)
     rate = {}
     for gpu in hours:
-        h = _get(data, f"projection.hours.{gpu}", path, float)
+        h = _get(data, f"{key}.{gpu}", path, float)
         if h > 0:
             rate[gpu] = total / (h * 3600.0)
     ck = None
@@ -113,7 +134,7 @@ def read_rehearsal(path: str | Path) -> Rehearsal:
     return Rehearsal(path=path, params_bytes=params, optimizer_bytes=_get(data, "memory.optimizer_bytes", path),
                      activation_bytes=act, activation_precision=precision,
                      flops_per_sample=_get(data, "flops_per_sample.iteration", path, float), flop_rate=rate,
-                     flops_per_sample_checkpointed=ck)
+                     flops_per_sample_checkpointed=ck, grads_bytes=grads, activation_fixed_bytes=fixed)
 
 
 def record_path(results_dir: str | Path, bench: str) -> Path:
@@ -146,7 +167,8 @@ def run_shape(raw: dict, bench: str, variant: Optional[str] = None) -> RunShape:
 
     cfg = get_benchmark(bench).parse(section_of(raw, bench), variant)
     res = resolve_resources(parse_cluster(raw), "distill", bench, str(raw.get("device") or "cpu"))
-    checkpointing = any(bool(getattr(cfg, k, False)) for k in ("activation_checkpointing", "gradient_checkpointing"))
+    checkpointing = any(bool(getattr(cfg, k, False))
+                        for k in ("checkpointing", "activation_checkpointing", "gradient_checkpointing"))
     precision = getattr(cfg, "precision", None) or cfg.train.precision
     return RunShape(bench=bench, variant=variant, batch_size=cfg.train.batch_size, accumulation=cfg.train.accumulation,
                     gpus=max(1, int(res["gpu"])), precision=precision, checkpointing=checkpointing,
@@ -186,12 +208,13 @@ def check_memory(raw: dict, results_dir: str | Path, config_name: str) -> list[s
             if shape.batch_size % (shape.gpus * shape.accumulation):
                 raise ConfigError(f"{where}: train.batch_size {shape.batch_size} is not divisible by {shape.gpus} GPUs "
                                   f"x accumulation {shape.accumulation} (run `mct plan --config {config_name}`)")
-            need = rec.state_bytes + shape.micro_batch * rec.sample_bytes(shape.precision, shape.checkpointing)
+            need = rec.fixed_bytes(shape.checkpointing) + shape.micro_batch * rec.sample_bytes(shape.precision,
+                                                                                                shape.checkpointing)
             if need > usable:
                 raise ConfigError(
                     f"{where} does not fit its GPU: {shape.micro_batch} samples per GPU ({shape.batch_size} / "
                     f"{shape.gpus} GPUs / accumulation {shape.accumulation}) need {_gb(need)} "
-                    f"(weights, gradients and Adam states {_gb(rec.state_bytes)} + activations "
+                    f"(weights, gradients and Adam states {_gb(rec.fixed_bytes(shape.checkpointing))} + activations "
                     f"{_gb(rec.sample_bytes(shape.precision, shape.checkpointing))} per sample in {shape.precision}"
                     f"{', checkpointed' if shape.checkpointing else ''}) against {_gb(usable)} usable of one "
                     f"{cluster.gpu_memory_gb:g} GB GPU ({path}); `mct plan --config {config_name}` derives a split "
@@ -283,14 +306,14 @@ def make_plan(raw: dict, bench: str, rec: Rehearsal) -> Plan:
     checkpointing = shape.checkpointing
 
     def fit(ck: bool) -> int:
-        return max(0, math.floor((usable - rec.state_bytes) / rec.sample_bytes(shape.precision, ck)))
+        return max(0, math.floor((usable - rec.fixed_bytes(ck)) / rec.sample_bytes(shape.precision, ck)))
 
     most = fit(checkpointing)
     if most < 1 and not checkpointing and fit(True) >= 1:
         checkpointing, most = True, fit(True)
     if most < 1:
         raise MCTError(f"{bench}: not one sample fits a {cluster.gpu_memory_gb:g} GB GPU: weights, gradients and "
-                       f"Adam states alone take {_gb(rec.state_bytes)} of {_gb(usable)} usable ({rec.path})")
+                       f"Adam states alone take {_gb(rec.fixed_bytes(True))} of {_gb(usable)} usable ({rec.path})")
     batch = shape.batch_size
     total = rec.flops(checkpointing) * batch * shape.iterations
     gpu_hours = total / rate / 3600.0
@@ -312,7 +335,8 @@ def make_plan(raw: dict, bench: str, rec: Rehearsal) -> Plan:
                 batch_size=batch, gpus=gpus, micro_batch=per_gpu // accumulation, accumulation=accumulation,
                 max_micro_batch=most, checkpointing=checkpointing,
                 checkpointing_added=checkpointing and not shape.checkpointing, precision=shape.precision,
-                state_bytes=rec.state_bytes, sample_bytes=rec.sample_bytes(shape.precision, checkpointing),
+                state_bytes=rec.fixed_bytes(checkpointing),
+                sample_bytes=rec.sample_bytes(shape.precision, checkpointing),
                 total_flop=total, gpu_hours=gpu_hours, wall_hours=wall, max_runtime_min=cluster.max_runtime,
                 segments=segments, runtime_min=runtime, iterations=shape.iterations, checkpoint_every=every)
 
