@@ -239,7 +239,7 @@ def distill(run_dir: str | Path, *, teacher: Callable, generator: nn.Module, stu
     bar = tqdm(range(start_it, end_it), initial=start_it, total=train.iterations, disable=not progress or rank != 0,
                desc=f"distill {run_dir.name}", dynamic_ncols=True, mininterval=1.0)
     loss_g = loss_s = torch.tensor(float("nan"))
-    slowest = 0.0  # the longest iteration of this job so far
+    slowest = 0.0  # the longest iteration of this job so far (the deadline reserves one more)
     for it in bar:
         t_it = time.perf_counter()
         out = step(it, last_good)
@@ -261,7 +261,9 @@ def distill(run_dir: str | Path, *, teacher: Callable, generator: nn.Module, stu
         saved = done % train.checkpoint_every == 0 or done == end_it
         if saved:
             last_good = save(done)
-        slowest = max(slowest, time.perf_counter() - t_it - (save_seconds[0] if saved else 0.0))
+        took = time.perf_counter() - t_it - (save_seconds[0] if saved else 0.0)
+        # from the second iteration on, the first one's warm-up (torch.compile, allocator) no longer counts
+        slowest = took if it == start_it + 1 else max(slowest, took)
         if deadline is not None and done < end_it:
             stop = monotonic() + slowest + max(save_seconds[0], slowest) > deadline
             if D.broadcast_object(stop):  # rank 0's clock decides for every rank
