@@ -210,3 +210,13 @@ def test_a_record_in_rehearse_s_own_shape(tmp_path):
     rec["device"] = "cuda"
     (tmp_path / "r.json").write_text(json.dumps(rec))
     assert read_rehearsal(tmp_path / "r.json").activation_precision == "bf16"
+
+
+def test_a_distill_job_larger_than_a_node_is_refused(tmp_path, capsys):
+    def sixteen(raw):
+        raw["cluster"]["benchmarks"]["imagenet64"]["distill"]["gpus"] = 16
+
+    path, _ = _config(tmp_path, "imagenet64", sixteen, records=False)
+    assert main(["config", "check", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "asks for 16 GPUs but a node has 8" in err and len(err.strip().splitlines()) == 1

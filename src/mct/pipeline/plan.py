@@ -194,6 +194,10 @@ def check_memory(raw: dict, results_dir: str | Path, config_name: str) -> list[s
     for bench in (raw.get("benchmarks") or {}):
         if bench not in PAPER_BENCHES:
             continue
+        gpus = run_shape(raw, bench).gpus
+        if gpus > cluster.gpus_per_node:  # torchrun --standalone: one job, one node
+            raise ConfigError(f"{bench}: the distill job asks for {gpus} GPUs but a node has {cluster.gpus_per_node} "
+                              "(cluster.gpus_per_node); a distill job runs on one node")
         path = record_path(results_dir, bench)
         if not path.exists():
             lines.append(f"{bench}: GPU memory not checked: no rehearsal record {path} "
