@@ -194,9 +194,10 @@ class Benchmark:
     # ------------------------------------------------------------------ stages written once
 
     def distill(self, section: dict, ctx: RunContext, variant: str, resume: str = "auto",
-                stop_after: Optional[int] = None) -> dict:
+                stop_after: Optional[int] = None, deadline: Optional[float] = None) -> dict:
         """Distil the teacher into a one-step generator with the variant's settings ->
-        runs/<variant>/{checkpoint.pt, train_log.csv[, eval_log.csv]}."""
+        runs/<variant>/{checkpoint.pt, train_log.csv[, eval_log.csv]}. ``deadline``: a
+        ``time.monotonic()`` value to stop cleanly before (mct.distill.trainer.distill)."""
         import torch
 
         from ..distill.trainer import distill
@@ -211,7 +212,7 @@ class Benchmark:
                           sample_latents=self.latent_sampler(cfg, ctx), em=cfg.em, train=cfg.train,
                           resume=resume, pre_train=parts.pre_train, evaluate=self.during_training(cfg, ctx),
                           device=torch.device(ctx.device), progress=ctx.progress, extra_config=extra,
-                          stop_after=stop_after)
+                          stop_after=stop_after, deadline=deadline)
         log.info("%s %s: %d iterations in %.1f s", self.name, variant, summary["iterations"],
                  summary["train_seconds"])
         return summary

@@ -216,9 +216,10 @@ class SD15(Benchmark):
 
     # ------------------------------------------------------------------ distillation hooks
 
-    def distill(self, section: dict, ctx: RunContext, variant: str, resume: str = "auto", stop_after=None) -> dict:
+    def distill(self, section: dict, ctx: RunContext, variant: str, resume: str = "auto", stop_after=None,
+                deadline=None) -> dict:
         self.train_prompts(self.parse(section, variant))  # a bad prompt file fails before any folder exists
-        return super().distill(section, ctx, variant, resume, stop_after)
+        return super().distill(section, ctx, variant, resume, stop_after, deadline)
 
     def build(self, cfg: SD15Config, ctx: RunContext) -> Parts:
         teacher = self.teacher(cfg, ctx)
