@@ -226,6 +226,33 @@ def test_missing_or_broken_checkpoint_is_clear(tmp_path, sd_dir):
         load_sd_teacher("no-such-org/no-such-model-mct-test", local_files_only=True, cache_dir=str(tmp_path / "c"))
 
 
+def test_low_memory_load_gives_the_saved_weights(sd_dir, monkeypatch):
+    """diffusers loads U-Net and VAE on accelerate's low-memory path (no random init in RAM first),
+    and the loaded weights are exactly the files' (nothing left on the meta device)."""
+    import diffusers.utils
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from safetensors.torch import load_file
+
+    assert diffusers.utils.is_accelerate_available()  # a dependency: without it diffusers falls back silently
+    seen = {}
+    for cls in (UNet2DConditionModel, AutoencoderKL):
+        original = cls.from_pretrained.__func__
+
+        def spy(klass, *args, _orig=original, **kw):
+            seen[klass.__name__] = kw.get("low_cpu_mem_usage")
+            return _orig(klass, *args, **kw)
+
+        monkeypatch.setattr(cls, "from_pretrained", classmethod(spy))
+    sd = load_sd_teacher(sd_dir, local_files_only=True)
+    assert seen == {"UNet2DConditionModel": True, "AutoencoderKL": True}
+    for part, net in (("unet", sd.unet), ("vae", sd.vae), ("text_encoder", sd.text_encoder)):
+        saved = load_file(next((sd_dir / part).glob("*.safetensors")))
+        state = net.state_dict()
+        assert set(saved) <= set(state), part
+        for k, v in saved.items():
+            assert state[k].device.type == "cpu" and torch.equal(state[k], v), f"{part}.{k}"
+
+
 def _register_tiny_fid_extractor():
     """A fixed random-projection feature extractor for torch-fidelity (no download)."""
     import torch_fidelity

@@ -266,8 +266,12 @@ def load_sd_teacher(source: str | os.PathLike, *, local_files_only: bool = False
         raise CheckpointError(f"Stable Diffusion directory {source} does not exist")
     common = dict(source=source, local_files_only=local_files_only, revision=revision, cache_dir=cache_dir)
     wkw = {"variant": variant} if variant else {}
-    unet = _load("unet", UNet2DConditionModel.from_pretrained, torch_dtype=dtype, **wkw, **common)
-    vae = _load("vae", AutoencoderKL.from_pretrained, torch_dtype=dtype, **wkw, **common)
+    # low_cpu_mem_usage: diffusers builds the network on the meta device and fills it from the file
+    # (accelerate's path), so a paper-scale U-Net is not first initialised at random in host RAM;
+    # transformers 5 always loads that way (it ignores the flag)
+    lowmem = {"low_cpu_mem_usage": True}
+    unet = _load("unet", UNet2DConditionModel.from_pretrained, torch_dtype=dtype, **lowmem, **wkw, **common)
+    vae = _load("vae", AutoencoderKL.from_pretrained, torch_dtype=dtype, **lowmem, **wkw, **common)
     text_encoder = _load("text_encoder", CLIPTextModel.from_pretrained, dtype=dtype, **wkw, **common)
     tokenizer = _load("tokenizer", CLIPTokenizer.from_pretrained, **common)
     sched_cfg = _load("scheduler", DDPMScheduler.load_config, **common)
