@@ -39,6 +39,7 @@ Pipeline steps (each reads --config and writes under its results_dir):
   config check|schema|show   validate a config (a paper run must fit its GPUs) / print its schema / show a variant
   plan                       per-GPU batch, accumulation, GPUs, hours and runtime segments from `mct rehearse`'s record
   workflow dvc               write dvc.yaml from the pipeline's stage table (src/mct/pipeline/)
+  gpus --need N -- CMD       run CMD on N free GPUs of this node (the workflow's stage shell)
 """
 
 
@@ -228,6 +229,15 @@ def _cmd_workflow(args):
     print(write_dvc_yaml(args.config, args.out))
 
 
+def _cmd_gpus(args):
+    from .pipeline.gpus import run_on_gpus
+
+    argv = list(args.cmd)
+    if argv[:1] == ["--"]:
+        argv = argv[1:]
+    run_on_gpus(args.need, args.lock_dir, argv, wait=args.wait)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mct", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"mct {__version__}")
@@ -325,6 +335,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--config", default="config/default.yaml")
     sp.add_argument("--out", default="dvc.yaml")
     sp.set_defaults(func=_cmd_workflow)
+
+    sp = sub.add_parser("gpus", help="run a command on N free GPUs of this node (local runs of the workflow)")
+    sp.add_argument("--need", type=int, required=True, help="GPUs the command needs (0: it sees none)")
+    sp.add_argument("--lock-dir", required=True, help="folder of the per-GPU lock files (shared by the node's jobs)")
+    sp.add_argument("--wait", type=float, default=None, help="give up after this many seconds (default: wait)")
+    sp.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
+    sp.set_defaults(func=_cmd_gpus)
     return p
 
 

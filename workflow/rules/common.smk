@@ -3,7 +3,9 @@
 
 import hashlib
 import os
+import posixpath
 import re
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -171,5 +173,9 @@ def distill_retries():
 # Under SLURM, a distill job stops itself before its runtime limit (resources.runtime, minutes).
 DISTILL_TIME_LIMIT = 'if [ -n "${{SLURM_JOB_ID:-}}" ]; then export MCT_TIME_LIMIT_MIN={resources.runtime}; fi; '
 
-# Torch uses as many threads as the job has (not every core of the machine per job).
-STAGE_SHELL = "export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}; {params.cmd} > {log} 2>&1"
+# Torch uses as many threads as the job has (not every core of the machine per job). Every job
+# takes its `gpu` resource's worth of free GPUs of the node and sees only those
+# (CUDA_VISIBLE_DEVICES; `mct gpus`, src/mct/pipeline/gpus.py); under SLURM it runs unchanged.
+GPU_LOCK_DIR = shlex.quote(posixpath.join(PIPELINE.results_dir, ".gpu-slots")).replace("{", "{{").replace("}", "}}")
+STAGE_SHELL = ("export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}; "
+               f"mct gpus --need {{resources.gpu}} --lock-dir {GPU_LOCK_DIR} -- {{params.cmd}} > {{log}} 2>&1")
