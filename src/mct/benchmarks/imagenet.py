@@ -229,6 +229,19 @@ class ImageNet(Benchmark):
             return None  # another registered extractor brings its own weights
         return ctx.bench_dir(self.name) / "refs" / file_name(cfg.eval.feature_extractor_url)
 
+    def preflight(self, cfg: ImageNetConfig, ctx: RunContext) -> None:
+        """The reference statistics and the feature extractor's weights, checked before the first
+        sample: one MCTError naming each missing file and the key or command that provides it."""
+        fetch, missing = f"`mct teacher fetch --bench {self.name}`", []
+        ref = self.ref_file(cfg, ctx)
+        if not ref.is_file():
+            missing.append(f"reference statistics {ref} (eval.ref_path, or {fetch})")
+        weights = self.feature_weights_file(cfg, ctx)
+        if weights is not None and not weights.is_file():
+            missing.append(f"Inception weights {weights} (eval.feature_extractor_weights_path, or {fetch})")
+        if missing:
+            raise MCTError(f"{self.name} evaluation cannot start, missing: " + "; ".join(missing))
+
     def _require(self, path: Path, what: str) -> Path:
         if not path.is_file():
             raise MCTError(f"{what} {path} is missing; run `mct teacher fetch --bench {self.name}` first")
@@ -339,6 +352,7 @@ class ImageNet(Benchmark):
         from ..io import stage_outputs
 
         cfg = self.parse(section, variant)
+        self.preflight(cfg, ctx)  # a missing file fails now, not after the generator is loaded
         gen, state = self.load_generator(cfg, ctx, variant)
         with stage_outputs(ctx.run_dir(self.name, variant), "evaluate", self.run_hash(cfg)) as out:
             result = self._score(cfg, ctx, lambda z, c: gen(z, c), cfg.eval.num_samples, cfg.eval.seeds,
@@ -360,6 +374,7 @@ class ImageNet(Benchmark):
 
         cfg = self.parse(section)
         e = cfg.eval
+        self.preflight(cfg, ctx)
         teacher, _ = self.load_teacher(cfg, ctx)
         n = e.teacher_num_samples or e.num_samples
         with stage_outputs(ctx.bench_dir(self.name) / "teacher", "teacher_eval") as out:
