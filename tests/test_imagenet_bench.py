@@ -231,7 +231,12 @@ def test_local_reference_is_checked_first_and_recorded_as_ref_path(tmp_path, mon
         ref.write_bytes(_ref_npz())
         bench.teacher_fetch(section, ctx)
         bench.distill(section, ctx, variant="mct")
+        import mct.checkpoint as C
+
+        reads, real_load = [], torch.load
+        monkeypatch.setattr(C.torch, "load", lambda *a, **k: reads.append(k.get("mmap")) or real_load(*a, **k))
         m = bench.evaluate(section, ctx, variant="mct")
+        assert reads == [True]  # one memory-mapped read of the run (the optimiser states stay on disk)
         assert server.requests == []  # neither the teacher nor the reference was downloaded
     assert loads == [1] and m.notes["reference"] == str(ref)
     text = (ctx.run_dir("imagenet64", "mct") / "metrics.json").read_text()

@@ -186,9 +186,11 @@ def _cmd_config(args):
         raise MCTError("config check/show need --config")
     root, raw = load_root(args.config)
     if args.action == "check":
+        from .pipeline.disk import disk_lines
         from .pipeline.plan import check_memory
 
         lines = check_memory(raw, root.results_dir, args.config)  # a plan that cannot fit its GPUs is refused
+        lines += disk_lines(raw)  # what a user must provision before the first long run
         print(f"{args.config}: ok ({', '.join(raw.get('benchmarks') or {}) or 'no benchmarks'})")
         for line in lines:
             print(f"  {line}")

@@ -123,6 +123,12 @@ class Benchmark:
             torch.set_num_threads(threads)
         return cfg
 
+    def network_bytes(self, cfg) -> Optional[tuple[tuple[int, int], tuple[int, int]]]:
+        """(generator, student) as :func:`mct.checkpoint.module_bytes` gives them, for the disk
+        estimate of ``mct config check``; None where not estimated (the embedded benchmarks, whose
+        networks are small and made from a teacher trained by the pipeline)."""
+        return None
+
     def variant_names(self, section: dict) -> list[str]:
         return list((section or {}).get("variants", {}) or {})
 

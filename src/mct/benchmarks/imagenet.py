@@ -208,6 +208,26 @@ class ImageNet(Benchmark):
     def settings(self, cfg: ImageNetConfig) -> dict:
         return {**super().settings(cfg), "sigma_g": cfg.sigma_g}
 
+    def network_bytes(self, cfg: ImageNetConfig):
+        """The teacher's architecture built on the meta device (nothing allocated): the generator and
+        the student are copies of it. edm-pickle: EDM's ImageNet-64 network at the configured size;
+        openai-adm: the released 128x128 flags with the configured ones."""
+        from ..checkpoint import module_bytes
+
+        with torch.device("meta"):
+            if cfg.teacher.kind == "edm-pickle":
+                from ..nets.dhariwal import IMAGENET64_KWARGS, DhariwalDenoiser
+
+                net = DhariwalDenoiser(**{**IMAGENET64_KWARGS, "img_resolution": cfg.resolution,
+                                          "img_channels": cfg.channels, "label_dim": cfg.num_classes})
+            else:
+                from ..nets.adm import FLAG_NAMES, adm_from_flags
+
+                flags = {k: v for k, v in cfg.teacher.adm_flags.items() if k in FLAG_NAMES}  # not the diffusion's
+                net = adm_from_flags({"image_size": cfg.resolution, **flags}, cfg.num_classes)
+        size = module_bytes(net)
+        return size, size
+
     # ------------------------------------------------------------------ files
 
     def teacher_file(self, cfg: ImageNetConfig, ctx: RunContext) -> Path:

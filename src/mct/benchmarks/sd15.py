@@ -203,6 +203,14 @@ class SD15(Benchmark):
     def settings(self, cfg: SD15Config) -> dict:
         return {**super().settings(cfg), "guidance": cfg.teacher.guidance, "sigma_g": cfg.sigma_g}
 
+    def network_bytes(self, cfg: SD15Config):
+        """Generator and student are float32 copies of SD v1.5's U-Net (built on the meta device)."""
+        from ..checkpoint import module_bytes
+        from ..teachers.sd import sd15_unet_on_meta
+
+        size = module_bytes(sd15_unet_on_meta())
+        return size, size
+
     # ------------------------------------------------------------------ teacher and prompts
 
     def teacher_source(self, cfg: SD15Config, ctx: RunContext) -> str:
