@@ -300,3 +300,13 @@ def test_paper_configs_disk_table_is_current_and_config_check_prints_it(capsys, 
     out = capsys.readouterr().out.splitlines()
     assert out[0].endswith("ok (toy2d, digits, digits-text)") and len(out) == 4
     assert all("not estimated" in line for line in out[1:])
+
+
+def test_config_check_names_a_network_it_cannot_size_in_one_line(tmp_path):
+    """adm_flags that no ADM network fits: the config check still answers, naming why there is no estimate."""
+    from mct.pipeline.disk import disk_lines
+
+    raw = {"benchmarks": {"imagenet128": {"teacher": {"kind": "openai-adm", "adm_flags": {"num_channels": 100}},
+                                          "variants": {"mct": {}}}}}
+    [line] = disk_lines(raw)
+    assert line.startswith("imagenet128: disk not estimated") and "num_groups" in line and "\n" not in line

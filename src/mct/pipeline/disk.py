@@ -58,7 +58,12 @@ def disk_lines(raw: dict) -> list[str]:
     """One line per benchmark of a validated config's content (``mct config check``)."""
     lines = []
     for name, section in (raw.get("benchmarks") or {}).items():
-        need = bench_disk(name, section or {})
+        try:
+            need = bench_disk(name, section or {})
+        except (ImportError, ValueError, TypeError, RuntimeError) as exc:  # the check itself stays valid
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            lines.append(f"{name}: disk not estimated (its network cannot be built: {type(exc).__name__}: {first})")
+            continue
         lines.append(need.line() if need else f"{name}: checkpoints small (embedded networks; not estimated)")
     return lines
 
