@@ -539,3 +539,26 @@ def test_sd15_default_weight_urls_are_the_libraries_own():
     assert ev.clip_weights_url == f"https://huggingface.co/{hub}resolve/main/open_clip_model.safetensors"
     with pytest.raises(ConfigError, match="clip_weights_url"):
         SD.SD15.parse(SD.BENCHMARK, {"eval": {"clip_model": "ViT-B-32", "clip_pretrained": "openai"}})
+
+
+def test_clip_weights_file_loads_as_open_clip_pretrained(tmp_path):
+    """What sd15 evaluation passes open_clip (the fetched weights file as `pretrained`) loads those
+    weights into the named architecture (a tiny one registered here, as ViT-g-14 is in open_clip)."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    from mct.metrics.clip import build_clip, load_clip_scorer
+    from mct.training.clip import tiny_clip_config
+
+    cfg = tiny_clip_config(16, patch_size=8, vision_layers=1, text_layers=1)
+    (tmp_path / "cfgs").mkdir()
+    (tmp_path / "cfgs" / "mct-tiny-clip-test.json").write_text(json.dumps(cfg["model_cfg"]))
+    open_clip.add_model_config(tmp_path / "cfgs")
+    torch.manual_seed(3)
+    model = build_clip(cfg)[0]
+    weights = tmp_path / "refs" / "open_clip_model.safetensors"
+    weights.parent.mkdir()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    scorer = load_clip_scorer("mct-tiny-clip-test", str(weights))
+    got = scorer.model.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in model.state_dict().items())
