@@ -123,6 +123,12 @@ class Benchmark:
             torch.set_num_threads(threads)
         return cfg
 
+    def preflight(self, cfg, ctx: RunContext) -> None:
+        """Check every file evaluation reads besides the run (feature and CLIP weights, FID references)
+        before the generator is loaded or a sample drawn: one MCTError naming each missing file and
+        the key or command that provides it. The embedded benchmarks have none to check here (their
+        feature network is required before their first sample, in ``eval_latents``)."""
+
     def network_bytes(self, cfg) -> Optional[tuple[tuple[int, int], tuple[int, int]]]:
         """(generator, student) as :func:`mct.checkpoint.module_bytes` gives them, for the disk
         estimate of ``mct config check``; None where not estimated (the embedded benchmarks, whose
@@ -262,6 +268,7 @@ class Benchmark:
         from ..io import stage_outputs
 
         cfg = self.setup(section, variant)
+        self.preflight(cfg, ctx)
         gen, state = self.load_generator(cfg, ctx, variant)
         device = torch.device(ctx.device)
         rng = torch.Generator(device=device).manual_seed(cfg.eval.seed)
