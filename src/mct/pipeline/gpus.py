@@ -63,7 +63,11 @@ def _lock_name(gpu: str) -> str:
 
 def try_acquire(gpus: list[str], need: int, lock_dir: Path) -> Optional[list[tuple[str, int]]]:
     """``need`` free slots of ``gpus`` as (id, open locked descriptor), or None (then none is held)."""
-    import fcntl
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; local multi-GPU scheduling is for POSIX nodes
+        raise MCTError("mct gpus: GPU slots need flock (Linux or macOS); run GPU jobs under SLURM "
+                       "or one at a time here") from None
 
     lock_dir.mkdir(parents=True, exist_ok=True)
     held: list[tuple[str, int]] = []
