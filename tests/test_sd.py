@@ -510,6 +510,15 @@ def test_sd15_fetch_stage_pins_the_evaluation_weights(tmp_path, sd_dir, monkeypa
         bad = {**section, "eval": {**section["eval"], "clip_weights_sha256": "0" * 64}}
         with pytest.raises(DownloadError, match="disagrees"):
             bench.teacher_fetch(bad, ctx)
+        # offline: a local copy is used where it is, never downloaded (and a missing one is one clear error)
+        local = tmp_path / "my-clip.safetensors"
+        offline = {**section, "eval": {**section["eval"], "clip_weights_path": str(local),
+                                       "clip_weights_url": server.url("/never")}}
+        with pytest.raises(MCTError, match="my-clip.safetensors .*does not exist"):
+            bench.teacher_fetch(offline, ctx)
+        local.write_bytes(clip_bytes)
+        assert bench.teacher_fetch(offline, ctx)["clip_weights"] == str(local)
+        assert all(path != "/never" for path, _ in server.requests)
     cfg = bench.parse(section, "mct")
     bench.preflight(cfg, ctx)  # everything is there now
     seen = {}
