@@ -134,8 +134,9 @@ def test_without_a_record_check_says_so_and_suggests_rehearse(tmp_path, capsys):
     path, _ = _config(tmp_path, "imagenet64", records=False)
     assert main(["config", "check", "--config", str(path)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 2
+    assert len(lines) == 3  # ok, the memory line, the disk line (mct.pipeline.disk)
     assert "no rehearsal record" in lines[1] and "mct rehearse" in lines[1]
+    assert lines[2].startswith("  imagenet64: checkpoints need ")
 
 
 def test_a_cpu_config_is_not_checked(tmp_path):
