@@ -152,14 +152,20 @@ def test_more_gpus_than_the_node_has_fails_at_once(tmp_path):
 
 @pytest.mark.slow
 def test_stage_shell_takes_the_jobs_gpus(tmp_path):
-    """Every job of the workflow starts through `mct gpus --need <its gpu resource>` (dry run, printed shell)."""
+    """Every job of the workflow starts as `mct gpus --need <its gpu resource> -- <its command>`
+    (dry run of a paper config, printed shell commands)."""
     from test_workflow import BIN, _copy_repo, _env as workflow_env, _run
+
+    from mct.config import load_yaml
+    from mct.pipeline.jobs import Pipeline
 
     repo = _copy_repo(tmp_path / "repo")
     r = _run([BIN / "snakemake", "--cores", "1", "-n", "-p", "--configfile", "config/imagenet64.yaml"],
              repo, workflow_env(repo, without_conda=True))
     out = r.stdout + r.stderr
-    distill = re.findall(r"mct gpus --need (\d+) --lock-dir results/\.gpu-slots -- (\S+) (\S+)", out)
-    assert ("1", "mct", "distill") in distill and ("0", "mct", "summarize") in distill
-    assert all(cmd[1] in ("mct", "torchrun") for cmd in distill)
-    assert len(distill) == out.count("OMP_NUM_THREADS=")  # every job, none started another way
+    p = Pipeline("config/imagenet64.yaml", raw=load_yaml(repo / "config/imagenet64.yaml"), base=repo)
+    for job in p.jobs:
+        want = f"mct gpus --need {job.resources['gpu']} --lock-dir results/.gpu-slots -- {job.shell} > {job.log}"
+        assert want in out, want
+    assert any(j.resources["gpu"] >= 1 for j in p.jobs) and any(j.resources["gpu"] == 0 for j in p.jobs)
+    assert out.count("mct gpus --need") == out.count("OMP_NUM_THREADS=") == len(p.jobs)
