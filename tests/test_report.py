@@ -29,28 +29,66 @@ import numpy as np
 import pytest
 
 from mct.errors import MCTError
-from mct.records import (AuxMetrics, BenchRecord, Claim, Interval, CorrectionMetrics, CurvePoint, EMOverhead, Memory,
-                         MixtureTeacher, Provenance, RunMetrics, Scores, Speed, Summary, SummaryRow, TeacherMetrics,
-                         TeacherRow, read_record, write_record)
+from mct.records import (AuxMetrics, BenchRecord, Claim, Comparison, Interval, CorrectionMetrics, CurvePoint, EMOverhead,
+                         Memory, MixtureTeacher, Provenance, RunMetrics, Scores, SeedRun, Speed, Summary, SummaryRow,
+                         TeacherMetrics, TeacherRow, read_record, write_record)
+from mct import stats
 from mct.report.browser import check_page, find_chromium
 from mct.report.build import build_report
 from mct.report.tables import fmt_auto, fmt_duration, number_cell
 
 REPO = Path(__file__).resolve().parents[1]
-VARIANTS = ["mct", "no-reparam", "no-nc", "random-init", "k1", "k2", "k4", "k8", "k16"]
-K_OF = {"mct": 8, "no-reparam": 8, "no-nc": 8, "random-init": 8, "k1": 1, "k2": 2, "k4": 4, "k8": 8, "k16": 16}
+VARIANTS = ["mct", "no-reparam", "no-nc", "random-init", "k1", "k2", "k4", "k16"]
+TOY_VARIANTS = VARIANTS + ["k16-zfrozen", "k1-zmoving"]
+K_OF = {"mct": 8, "no-reparam": 8, "no-nc": 8, "random-init": 8, "k1": 1, "k2": 2, "k4": 4, "k16": 16, "k16-zfrozen": 16,
+        "k1-zmoving": 1}
+# training seeds per variant (the first seed's scores are RunMetrics.scores); k2 and k4 ran one seed
+N_SEEDS = {"mct": 3, "no-reparam": 3, "no-nc": 3, "random-init": 3, "k1": 3, "k16": 3, "k16-zfrozen": 2, "k1-zmoving": 2}
+JITTER = [0.0, 0.006, -0.004, 0.003, -0.005]  # relative seed-to-seed change of every metric
+COUNTS = ("modes_covered", "num_modes", "classes_covered", "class_entropy_max")
 PROV = Provenance(commit="0123456789abcdef0123456789abcdef01234567", dirty=False, config_hash="feedfacecafebeef",
                   packages={"torch": "2.14.1"}, created="2026-11-30T10:00:00+00:00")
-# digits: k8 repeats mct's setting with another seed (the seed-to-seed spread is |5.31 - 5.29| = 0.02)
 DIGITS_FID = {"mct": 5.31, "no-reparam": 6.02, "no-nc": 5.77, "random-init": 38.9, "k1": 9.85, "k2": 7.1, "k4": 5.6,
-              "k8": 5.29, "k16": 5.12}
+              "k16": 5.12}
 
 
 def settings(v: str) -> dict:
     k = K_OF[v]
     return {"K": k, "reparam": v != "no-reparam", "noise_cancel": v != "no-nc",
             "init": "random" if v == "random-init" else "teacher", "gamma_eps": 0.1,
-            "gamma_z": 0.0 if k == 1 else 0.05, "seed": 1 if v == "k8" else 0}
+            "gamma_z": 0.05 if v == "k1-zmoving" else (0.0 if k == 1 or v == "k16-zfrozen" else 0.05), "seed": 0}
+
+
+def seed_runs(v: str, metrics: dict, curve: list | None = None) -> list[SeedRun]:
+    """The variant's training seeds: seed 0 has ``metrics`` exactly, seed i every metric moved by JITTER[i]."""
+    out = []
+    for i in range(N_SEEDS.get(v, 1)):
+        m = {k: (x if k in COUNTS else x * (1 + JITTER[i])) for k, x in metrics.items()}
+        m.update({k: min(1.0, m[k]) for k in ("precision", "recall") if k in m})
+        c = [CurvePoint(iteration=p.iteration, fid=p.fid * (1 + JITTER[i])) for p in (curve or [])]
+        out.append(SeedRun(seed=i, scores=Scores(m), iterations=600, train_seconds=100.0, fid_curve=c))
+    return out
+
+
+def summary_of(bench: str, runs: dict[str, RunMetrics], claims=(), comparisons=()) -> Summary:
+    """What ``mct summarize`` writes: per variant the means and intervals over its seeds (mct.stats)."""
+    rows = []
+    for v, r in runs.items():
+        st = {m: stats.interval([s.scores.metrics[m] for s in r.seeds]) for m in r.seeds[0].scores.metrics}
+        rows.append(SummaryRow(variant=v, nfe=1, settings=r.settings, metrics={m: i.mean for m, i in st.items()},
+                               seeds=[s.seed for s in r.seeds], stats=st))
+    return Summary(bench=bench, rows=rows, provenance=PROV, claims=list(claims), comparisons=list(comparisons))
+
+
+def claim_of(claim: str, runs: dict, variant: str, baseline: str, metric: str, better: str) -> tuple[Claim, Comparison]:
+    """A claim decided as summarize decides it: the paired interval of variant - baseline, mct.stats.verdict."""
+    a = {s.seed: s.scores.metrics[metric] for s in runs[variant].seeds}
+    z = {s.seed: s.scores.metrics[metric] for s in runs[baseline].seeds}
+    diff, paired, seeds = stats.difference(a, z)
+    basis = f"{variant} - {baseline}, {len(seeds)} seeds"
+    return (Claim(claim=claim, verdict=stats.verdict(diff, better), metric=metric, better=better, basis=basis, diff=diff,
+                  values={variant: sum(a.values()) / len(a), baseline: sum(z.values()) / len(z)}),
+            Comparison(variant=variant, baseline=baseline, metric=metric, diff=diff, paired=paired, seeds=seeds))
 
 
 # --- a results tree of records ----------------------------------------------------------
@@ -95,7 +133,32 @@ def _train_log(run: Path, rng, noisy: bool, iters: int = 600) -> None:
     _bytes(run / "train_log.csv", ("\n".join(lines) + "\n").encode())
 
 
-def make_results(root: Path, benches=("toy2d", "digits", "digits-text")) -> tuple[Path, dict]:
+# a family of toy mixtures (toy2d-<suffix>, found on disk): mode-mass TV of K = 1 and K = 16 per seed,
+# chosen so that "more K covers more modes" holds on grid9, is reversed on two, inconclusive on ring16
+TOY_FAMILY = {"toy2d-grid9": ([0.12, 0.125, 0.118], [0.04, 0.042, 0.039]),
+              "toy2d-two": ([0.05, 0.051, 0.049], [0.08, 0.082, 0.079]),
+              "toy2d-ring16": ([0.10, 0.11, 0.09], [0.095, 0.075, 0.115])}
+
+
+def toy_family(res: Path, name: str, tvs: tuple[list[float], list[float]]) -> None:
+    """One mixture of the family: its exact teacher row, k1 and k16 with three seeds, summarize's claim."""
+    write_record(res / name / "teacher.json", MixtureTeacher(bench=name, means=[[0.0, 0.0], [4.0, 0.0]], stds=[0.25] * 2,
+                                                             weights=[0.9, 0.1], provenance=PROV))
+    write_record(TeacherMetrics.path(res, bench=name), TeacherMetrics(
+        bench=name, provenance=PROV, sampler="exact", rows=[TeacherRow(nfe=0, sampler="exact", scores=Scores(
+            {"mode_mass_tv": 0.004, "off_mode_mass": 0.011, "min_mode_recall": 0.98, "logp_gap": 0.0}))]))
+    runs = {}
+    for v, tv in zip(("k1", "k16"), tvs):
+        seeds = [SeedRun(seed=i, scores=Scores({"mode_mass_tv": x, "off_mode_mass": 2 * x, "min_mode_recall": 1 - x,
+                                                "logp_gap": 10 * x})) for i, x in enumerate(tv)]
+        runs[v] = RunMetrics(bench=name, variant=v, nfe=1, scores=seeds[0].scores, settings=settings(v), provenance=PROV,
+                             seeds=seeds)
+        write_record(RunMetrics.path(res, bench=name, variant=v), runs[v])
+    claim, cmp = claim_of("more K covers more modes (K = 16 vs K = 1)", runs, "k16", "k1", "mode_mass_tv", "lower")
+    write_record(Summary.path(res, bench=name), summary_of(name, runs, [claim], [cmp]))
+
+
+def make_results(root: Path, benches=("toy2d", "toy2d-family", "digits", "digits-text")) -> tuple[Path, dict]:
     """Write a results tree of records for toy2d, digits and digits-text, speed records, and
     return (results_dir, raw config). ``benches`` keeps only those (files and config)."""
     rng = np.random.default_rng(0)
@@ -121,7 +184,8 @@ def make_results(root: Path, benches=("toy2d", "digits", "digits-text")) -> tupl
             bench="toy2d", provenance=PROV, sampler="exact", reference="exact samples (eval.seed)",
             rows=[TeacherRow(nfe=0, nfe_measured=0, sampler="exact", num_samples=3000, sample_seconds=0.001,
                              scores=Scores.from_flat(exact))]))
-        for v in VARIANTS:
+        toy_runs = {}
+        for v in TOY_VARIANTS:
             k = K_OF[v]
             temp = {1: 6.0, 2: 2.0, 4: 1.2}.get(k, 1.0) if v != "random-init" else 1.4
             p = w ** temp / (w ** temp).sum()
@@ -140,9 +204,17 @@ def make_results(root: Path, benches=("toy2d", "digits", "digits-text")) -> tupl
                                      "energy_distance": round(tv * 0.3 + 0.002, 5), **{k: hard[k] for k in new}},
                             mode_mass=[round(float(a), 5) for a in mass], true_mode_weight=[round(float(a), 5) for a in w],
                             mode_recall=hard["mode_recall"])
-            write_record(RunMetrics.path(res, bench="toy2d", variant=v), RunMetrics(
+            toy_runs[v] = RunMetrics(
                 bench="toy2d", variant=v, nfe=1, scores=scores, settings=settings(v), provenance=PROV,
-                num_samples=3000, iterations=600, train_seconds=round(40 + 6 * k, 3), sample_seconds=0.01))
+                num_samples=3000, iterations=600, train_seconds=round(40 + 6 * k, 3), sample_seconds=0.01,
+                seeds=seed_runs(v, scores.metrics))
+            write_record(RunMetrics.path(res, bench="toy2d", variant=v), toy_runs[v])
+        claim, cmp = claim_of("more K covers more modes (K = 16 vs K = 1)", toy_runs, "k16", "k1", "mode_mass_tv",
+                              "lower")
+        write_record(Summary.path(res, bench="toy2d"), summary_of("toy2d", toy_runs, [claim], [cmp]))
+        for name, tvs in TOY_FAMILY.items():
+            if "toy2d-family" in benches:
+                toy_family(res, name, tvs)
     if "digits" in benches:
         floor = Scores({"fid": 1.12, "kid_mean": 0.0002, "kid_std": 0.0001})
         rows = [TeacherRow(nfe=n, nfe_measured=n, sample_seconds=10.0 * n, num_samples=2000,
@@ -157,6 +229,7 @@ def make_results(root: Path, benches=("toy2d", "digits", "digits-text")) -> tupl
         write_record(AuxMetrics.path(res, bench="digits", net="features"), AuxMetrics(
             bench="digits", net="features", provenance=PROV, train_seconds=35.2, real_floor=floor,
             metrics={"heldout_accuracy": 0.9833, "train_accuracy": 0.999, "params": 52000.0}))
+        digit_runs = {}
         for v in VARIANTS:
             k, fid = K_OF[v], DIGITS_FID[v]
             # class histograms that differ only in the fourth decimal of their entropy (2.3002 .. 2.3012)
@@ -172,10 +245,13 @@ def make_results(root: Path, benches=("toy2d", "digits", "digits-text")) -> tupl
                             class_hist=[round(float(h), 6) for h in hist])
             curve = [CurvePoint(iteration=it, fid=round(fid + 40 * math.exp(-it / 150), 3)) for it in range(100, 601, 100)]
             run = res / "digits/runs" / v
-            write_record(RunMetrics.path(res, bench="digits", variant=v), RunMetrics(
+            if v == "no-reparam":  # the collapse the report has to state
+                scores.metrics.update(precision=1.0, recall=0.0)
+            digit_runs[v] = RunMetrics(
                 bench="digits", variant=v, nfe=1, scores=scores, settings=settings(v), provenance=PROV,
                 num_samples=2000, iterations=600, train_seconds=round(300 + 30 * k, 1), sample_seconds=0.4,
-                fid_curve=curve))
+                fid_curve=curve, seeds=seed_runs(v, scores.metrics, curve))
+            write_record(RunMetrics.path(res, bench="digits", variant=v), digit_runs[v])
             _bytes(run / "samples.png", _digit_grid(rng, noise=0.1 + fid / 100))
             _train_log(run, rng, noisy=(v == "no-nc"))
         corr = res / "digits/runs/mct/correct"
@@ -187,12 +263,15 @@ def make_results(root: Path, benches=("toy2d", "digits", "digits-text")) -> tupl
             after=Scores({"fid": 4.92, "kid_mean": 0.0031, "precision": 0.78}),
             generator_at_z_K=Scores({"fid": 5.05, "kid_mean": 0.0029, "precision": 0.76}), provenance=PROV,
             z_moved_rms=0.31, image_moved_rms=0.12))
-        write_record(Summary.path(res, bench="digits"), Summary(
-            bench="digits", provenance=PROV, rows=[SummaryRow(variant="mct", nfe=1, metrics={"fid": 5.31})],
-            claims=[Claim(claim="one-step mct FID <= teacher FID at 35 NFE", verdict="reversed", metric="fid",
-                          basis="mct - teacher, 3 seeds", diff=Interval(mean=1.13, n=3, std=0.2, lo=0.63, hi=1.63)),
-                    Claim(claim="mct beats k1 (reverse KL) on FID", verdict="holds", metric="fid",
-                          basis="mct - k1, paired over 3 seeds", diff=Interval(mean=-4.54, n=3, std=0.5, lo=-5.78, hi=-3.3))]))
+        beats_k1, cmp = claim_of("mct beats k1 (reverse KL) on FID", digit_runs, "mct", "k1", "fid", "lower")
+        nc, cmp_nc = claim_of("noise cancellation lowers FID", digit_runs, "no-nc", "mct", "fid", "higher")
+        claims = [Claim(claim="one-step mct FID <= teacher FID at 35 NFE", verdict="reversed", metric="fid",
+                        basis="mct - teacher, 3 seeds", diff=Interval(mean=1.13, n=3, std=0.2, lo=0.63, hi=1.63)),
+                  beats_k1, nc,
+                  Claim(claim="reparametrisation beats (x, z) sampling", verdict="inconclusive", metric="fid",
+                        better="higher", basis="no-reparam - mct, 3 seeds",
+                        diff=Interval(mean=0.1, n=3, std=0.3, lo=-0.65, hi=0.85))]
+        write_record(Summary.path(res, bench="digits"), summary_of("digits", digit_runs, claims, [cmp, cmp_nc]))
         write_record(BenchRecord.path(res, bench="digits"), BenchRecord(
             bench="digits", device="cpu", device_name="test CPU", provenance=PROV, batch_size=256, wall_seconds=18.2,
             student=Speed(name="student (one step)", nfe=1, images_per_s=6930.0, ms_per_batch=36.9, batch_size=256),
@@ -222,7 +301,7 @@ def make_results(root: Path, benches=("toy2d", "digits", "digits-text")) -> tupl
             bench="digits-text", device="cpu", provenance=PROV, skipped="text-conditioned benchmark: not measured"))
     variants = {v: {} for v in VARIANTS}
     raw = {"results_dir": str(res), "device": "cpu",
-           "benchmarks": {"toy2d": {"variants": variants, "train": {"seed": 0}, "eval": {"seed": 1234}},
+           "benchmarks": {"toy2d": {"variants": {v: {} for v in TOY_VARIANTS}, "train": {"seed": 0}, "eval": {"seed": 1234}},
                           "digits": {"variants": variants, "train": {"seed": 0}},
                           "digits-text": {"variants": {"mct": {}, "k1": {}}}},
            "report": {"strict": True}}
@@ -251,7 +330,8 @@ def _as_the_stages_leave_it(res: Path, raw: dict) -> None:
         stage = STAGE_OF.get(kind) or (rec.get("net") if kind == "aux_metrics" else None)
         if stage is None:
             continue
-        if kind in ("run_metrics", "correction_metrics") and rec["variant"] in raw["benchmarks"][rec["bench"]]["variants"]:
+        if kind in ("run_metrics", "correction_metrics") and rec["variant"] in \
+                (raw["benchmarks"].get(rec["bench"]) or {}).get("variants", {}):
             bench = get_benchmark(rec["bench"])
             rec["provenance"]["config_hash"] = bench.run_hash(bench.parse(raw["benchmarks"][rec["bench"]], rec["variant"]))
             path.write_text(json.dumps(rec))
@@ -377,6 +457,17 @@ def _figure_caption(html: str, kind: str, bench: str = "") -> str:
     raise AssertionError(f"no {kind} figure for {bench!r}")
 
 
+def expected_interval(values: list[float], spec: str) -> str:
+    """'mean [lo, hi], n seeds' computed here from the values (numpy, scipy's t), not by mct.stats."""
+    from scipy.stats import t as student
+
+    x = np.asarray(values, float)
+    if x.std() == 0:
+        return f"{spec.format(x.mean())}, the same in all {len(x)} seeds"
+    half = student.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))
+    return f"{spec.format(x.mean())} [{spec.format(x.mean() - half)}, {spec.format(x.mean() + half)}], {len(x)} seeds"
+
+
 # --- static checks -----------------------------------------------------------------
 
 def test_report_written_where_asked_and_atomically(report, tree):
@@ -438,22 +529,48 @@ def test_measured_rows_embedded_tasks(report):
     fid_col = header.index("FID \u2193")
     assert [row_of(dg, f"Teacher, {n} NFE")[fid_col] for n in (7, 15, 35)] == ["21.37", "6.42", "4.18"]
     mct = row_of(dg, "MCT one-step student")
-    assert mct[fid_col] == "5.31" and mct[header.index("NFE")] == "1"
-    assert mct[header.index("KID\u00d710\u00b3 \u2193")] == f"{round(5.31 / 2000, 5) * 1e3:.2f} \u00b1 0.50"  # both x 1e3
-    assert row_of(dg, "K = 1 baseline")[fid_col] == "9.85"
+    assert mct[fid_col] == expected_interval([5.31 * (1 + j) for j in JITTER[:3]], "{:.2f}")
+    assert mct[header.index("NFE")] == "1"
+    kid = [round(5.31 / 2000, 5) * 1e3 * (1 + j) for j in JITTER[:3]]  # KID x 10^3: mean and interval alike
+    assert mct[header.index("KID\u00d710\u00b3 \u2193")] == expected_interval(kid, "{:.2f}")
+    assert row_of(dg, "Teacher, 35 NFE")[header.index("KID\u00d710\u00b3 \u2193")] == "2.20 \u00b1 0.40"  # std x 10^3 too
+    k1 = row_of(dg, "K = 1 baseline")
+    assert k1[fid_col] == expected_interval([9.85 * (1 + j) for j in JITTER[:3]], "{:.2f}")
     assert "held-out accuracy 0.983" in html and "FID floor (two disjoint sets of real images): 1.12" in html
-    assert mct[header.index("Class accuracy \u2191")] == "0.847"
-    claims = t["claims-digits"]
-    assert row_of(claims, "one-step mct FID")[-1] == "reversed" and row_of(claims, "mct beats k1")[-1] == "holds"
-    assert row_of(claims, "mct beats k1")[1] == "-4.54 [-5.78, -3.30]"
+    acc = round(0.9 - 5.31 / 100, 4)
+    assert mct[header.index("Class accuracy \u2191")] == expected_interval([acc * (1 + j) for j in JITTER[:3]], "{:.3f}")
     txt = t["main-digits-text"]
     clip_col = txt[0].index("CLIP score \u2191")
-    assert row_of(txt, "MCT one-step student")[clip_col] == "27.60"
+    assert row_of(txt, "MCT one-step student")[clip_col] == "27.60, 1 seed"  # no interval for one seed
     assert row_of(txt, "Teacher, 35 NFE")[clip_col] == "27.81"
     assert "zero shot accuracy 0.931" in html
     assert "Mode-mass TV \u2193" in t["main-toy2d"][0]
     cap = _figure_caption(html, "nfe", "digits")
-    assert "21.37 at 7 NFE, 4.18 at 35 NFE" in cap and "mct in one step: 5.31, 1.27\u00d7 the teacher's best" in cap
+    assert "21.37 at 7 NFE, 4.18 at 35 NFE" in cap
+    assert "mct in one step: 5.31 [5.25, 5.38] over 3 seeds, 1.27\u00d7 the teacher's best (above it)" in cap
+
+
+@pytest.mark.skipif(not SYNTHETIC, reason="checks the written tree's values")
+def test_claims_table_shows_interval_basis_and_a_verdict_styled_apart(report):
+    _, html = report
+    claims = parse(html).tables["claims-digits"]
+    hdr = claims[0]
+    assert hdr == ["Claim", "Metric", "Difference", "Seeds, test", "Basis", "Verdict"]
+    k1 = row_of(claims, "mct beats k1")
+    diffs = [5.31 * (1 + j) - 9.85 * (1 + j) for j in JITTER[:3]]  # paired: per seed
+    assert k1[2] == expected_interval(diffs, "{:.2f}").rsplit(", 3 seeds", 1)[0] and k1[-1] == "holds"
+    assert k1[3] == "paired over 3 seeds (mct \u2212 k1)" and k1[1] == "FID \u2193; claimed difference < 0"
+    assert row_of(claims, "noise cancellation lowers FID")[1] == "FID \u2193; claimed difference > 0"
+    assert row_of(claims, "one-step mct FID")[-1] == "reversed"
+    assert row_of(claims, "one-step mct FID")[2] == "1.13 [0.63, 1.63]"
+    rep = row_of(claims, "reparametrisation beats")
+    assert rep[-1] == "inconclusive" and rep[2] == "0.10 [-0.65, 0.85]"
+    # each verdict has its own class: an inconclusive claim never looks like one that holds
+    cells = re.findall(r'<td class="verdict (claim-\w+)">(\w+)</td>', html)
+    assert ("claim-holds", "holds") in cells and ("claim-reversed", "reversed") in cells
+    assert ("claim-inconclusive", "inconclusive") in cells
+    assert all(cls == f"claim-{text}" for cls, text in cells)
+    assert ">yes<" not in re.search(r'data-table="claims-digits".*?</table>', html, re.S).group(0)
 
 
 @pytest.mark.skipif(not SYNTHETIC, reason="checks the written tree's values")
@@ -461,19 +578,25 @@ def test_toy_tables_start_with_the_exact_reference_and_show_what_cannot_hide(rep
     path, html = report
     t = parse(html).tables
     exact = read_record(path.parent / "toy2d/teacher/metrics.json", TeacherMetrics).rows[0].scores.metrics
-    runs = {v: read_record(path.parent / f"toy2d/runs/{v}/metrics.json", RunMetrics).scores.metrics for v in ("mct", "k1")}
+    recs = {v: read_record(path.parent / f"toy2d/runs/{v}/metrics.json", RunMetrics) for v in ("mct", "k1")}
+    runs = {v: r.scores.metrics for v, r in recs.items()}
     cols = ["Off-mode mass \u2193", "Min mode recall \u2191", "Log-p gap (0 = exact)"]
-    want = lambda m: [f"{m['off_mode_mass']:.3f}", f"{m['min_mode_recall']:.3f}", f"{m['logp_gap']:+.3f}"]  # noqa: E731
+    specs = {"off_mode_mass": "{:.3f}", "min_mode_recall": "{:.3f}", "logp_gap": "{:+.3f}"}
+    want = lambda m: [spec.format(m[k]) for k, spec in specs.items()]  # noqa: E731
+    over_seeds = lambda r: [expected_interval([s.scores.metrics[k] for s in r.seeds], spec)  # noqa: E731
+                            for k, spec in specs.items()]
     main = t["main-toy2d"]
     assert main[1][0] == "Exact samples of the mixture (reference)"  # first, before every student
     assert [main[1][main[0].index(c)] for c in cols] == want(exact)
     assert main[1][main[0].index("NFE")] == "0" and main[1][-1] == "toy2d/teacher/metrics.json"
-    assert [row_of(main, "MCT one-step student")[main[0].index(c)] for c in cols] == want(runs["mct"])
-    assert [row_of(main, "K = 1 baseline")[main[0].index(c)] for c in cols] == want(runs["k1"])
-    assert row_of(main, "K = 1 baseline")[main[0].index("Min mode recall \u2191")] == "0.000"  # the collapse shows
+    assert [row_of(main, "MCT one-step student")[main[0].index(c)] for c in cols] == over_seeds(recs["mct"])
+    k1 = row_of(main, "K = 1 baseline")
+    assert k1[-1] == "toy2d/runs/k1/metrics.json" and "(k1," in k1[0]  # the baseline, not k1-zmoving (z moving)
+    assert [k1[main[0].index(c)] for c in cols] == over_seeds(recs["k1"])
+    assert k1[main[0].index("Min mode recall \u2191")].startswith("0.000")  # the collapse shows
     assert abs(exact["off_mode_mass"] - math.exp(-4.5)) < 0.01 and abs(exact["logp_gap"]) < 0.1
     abl = t["ablation-toy2d"]
-    assert abl[1][0] == "Exact samples of the mixture (reference)" and [r[0] for r in abl[2:]] == VARIANTS
+    assert abl[1][0] == "Exact samples of the mixture (reference)" and [r[0] for r in abl[2:]] == TOY_VARIANTS
     assert [abl[1][abl[0].index(c)] for c in cols] == want(exact)
     assert "Teacher, 0 NFE" not in html
     scatter = _figure_caption(html, "scatter", "toy2d")
@@ -485,12 +608,12 @@ def test_summary_tables(report):
     _, html = report
     t = parse(html).tables
     status = t["benchmarks"]
-    assert row_of(status, "digits")[-1] == "complete" and row_of(status, "digits")[5] == "9/9"
+    assert row_of(status, "digits")[-1] == "complete" and row_of(status, "digits")[5] == "8/8"
     assert row_of(status, "digits")[4] == "acc 0.983, FID floor 1.12"
     assert row_of(status, "toy2d")[3] == "exact (analytic)"
     assert row_of(status, "imagenet64")[-1] == "not run here"
     timing = t["timing"]
-    assert [r for r in timing if r[:2] == ["digits", "distill"]][0][2:] == ["9", "1 h 16 min"]  # 9 x 300 + 30 x sum(K) = 4590 s
+    assert [r for r in timing if r[:2] == ["digits", "distill"]][0][2:] == ["8", "1 h 07 min"]  # 8 x 300 + 30 x sum(K) = 4050 s
     assert [r for r in timing if r[:2] == ["digits", "teacher eval"]][0][2:] == ["3", "9 min 30 s"]  # 70+150+350 s
     assert [r for r in timing if r[:2] == ["digits", "correct"]][0][2:] == ["1", "14 s"]
     prov = dict((r[0], r[1]) for r in t["provenance"][1:])
@@ -500,7 +623,7 @@ def test_summary_tables(report):
     assert rec["commit 0123456789ab"] == f"{n_files} files" and "feedfacecafebeef" in rec["config hashes"]
     assert "torch" in dict((r[0], r[1]) for r in t["versions"][1:])
     seeds = dict((r[0], r[1]) for r in t["seeds"][1:])
-    assert seeds["benchmarks.toy2d.train.seed"] == "0" and seeds["digits: runs recorded"] == "0, 1"
+    assert seeds["benchmarks.toy2d.train.seed"] == "0" and seeds["digits: training seeds recorded"] == "0, 1, 2 (1 to 3 per variant)"
     assert "could not be used" not in html  # every configured run has its record; nothing else is 'expected'
 
 
@@ -512,15 +635,31 @@ def test_ablations_from_settings_with_captions_from_numbers(report):
     assert [r[0] for r in abl[1:]] == VARIANTS
     changes = {r[0]: r[1] for r in abl[1:]}
     assert changes["mct"] == "main run" and changes["no-nc"] == "noise cancellation: off"
-    assert changes["k1"] == "K = 1, \u03b3_z = 0" and changes["k8"] == "seed = 1"
-    assert row_of(abl, "random-init")[abl[0].index("FID \u2193")] == "38.90"
+    assert changes["k1"] == "K = 1, \u03b3_z = 0 (z frozen)"
+    assert changes["k4"] == "K = 4, \u03b3_z = 0.05 as the main run (z moving)"
+    gz, k = abl[0].index("\u03b3_z"), abl[0].index("K")
+    assert (row_of(abl, "k1")[gz], row_of(abl, "mct")[gz], row_of(abl, "k16")[k]) == ("0", "0.050", "16")
+    toy = {r[0]: r for r in t["ablation-toy2d"][1:]}
+    assert toy["k1-zmoving"][1] == "K = 1, \u03b3_z = 0.05 as the main run (z moving)"
+    assert toy["k16-zfrozen"][1] == "K = 16, \u03b3_z = 0 (z frozen)"
+    fid = abl[0].index("FID \u2193")
+    assert row_of(abl, "random-init")[fid] == expected_interval([38.9 * (1 + j) for j in JITTER[:3]], "{:.2f}")
+    assert row_of(abl, "k2")[fid] == "7.10, 1 seed"  # one seed: said, no interval
+    note = abl[0].index("Note")
+    assert row_of(abl, "no-reparam")[note].startswith("collapsed: precision 1.00, recall 0.00")
+    assert row_of(abl, "mct")[note] == "" and row_of(abl, "no-nc")[note] == ""
     cap = _figure_caption(html, "ablation", "digits")
-    assert "mct FID \u2193 5.31; no-reparam 6.02 (+0.71, worse); no-nc 5.77 (+0.46, worse)" in cap
-    assert "random-init 38.90 (+33.59, worse)" in cap and "Seed-to-seed difference of the main setting: 0.02" in cap
+    mct = expected_interval([5.31 * (1 + j) for j in JITTER[:3]], "{:.2f}")
+    assert f"mct FID \u2193 {mct}; no-reparam 6.02 (+0.71, paired, 3 seeds: worse)" in cap
     assert "Log axis for FID \u2193" in cap  # the random-init outlier is not allowed to flatten the other bars
     k = _figure_caption(html, "ksweep", "digits")
-    assert "FID \u2193: 9.85 at K = 1, 5.12 at K = 16 (best 5.12 at K = 16)" in k
-    assert "Class entropy \u2191" in k and "Axes start at 0" in k
+    assert "One run per K (k1, k2, k4, mct, k16)" in k  # one point per K: nothing averaged into a point
+    assert f"FID \u2193: {expected_interval([9.85 * (1 + j) for j in JITTER[:3]], '{:.2f}')} at K = 1" in k
+    assert "Lowest FID: K = 16" in k and "against K = 2, K = 4 it cannot be judged (one seed, no interval)" in k
+    assert "Seeds differ between points: K = 1 (k1) 3 seeds, K = 2 (k2) 1 seed" in k
+    assert "Class entropy: no difference beyond seed noise" in k and "Axes start at 0" in k
+    toyk = _figure_caption(html, "ksweep", "toy2d")
+    assert "One run per K (k1, k2, k4, mct, k16)" in toyk  # k1-zmoving and k16-zfrozen are not sweep points
     gm = t["gradvar-measured-digits"]
     assert row_of(gm, "mct")[gm[0].index("Without / with NC")] == "3.40\u00d7"
     assert row_of(gm, "no-nc")[gm[0].index("Var of its M-step gradient")] == "5.44"
@@ -528,7 +667,9 @@ def test_ablations_from_settings_with_captions_from_numbers(report):
     cv = grad[0].index("CV")
     assert float(row_of(grad, "no-nc")[cv]) > float(row_of(grad, "mct")[cv])  # the written no-nc log is noisier
     curve = _figure_caption(html, "curve", "digits")
-    assert "mct 25.85 \u2192 6.04" in curve and "Log axis" in curve
+    assert "mct 25.86 \u2192 6.05 (lower at the end, beyond the 3 seeds' interval)" in curve
+    assert "k2 27.64 \u2192 7.83 (1 seed: no interval)" in curve
+    assert "random-init (" in curve and "in the right panel" in curve  # the outlier has its own panel
     toy = t["ablation-toy2d"]
     assert "Mode-mass TV \u2193" in toy[0] and "FID \u2193" not in toy[0]
 
@@ -590,7 +731,7 @@ def test_partial_results_and_bad_records(tmp_path):
     assert "digits-text/runs/mct/metrics.json</code> &mdash; missing" in problems
     assert "correct" not in problems and "bench/" not in problems  # nothing the config does not promise
     assert row_of(t["benchmarks"], "digits-text")[-1] == "no results yet"
-    assert row_of(t["benchmarks"], "digits")[5] == "7/9"
+    assert row_of(t["benchmarks"], "digits")[5] == "6/8"
     nonc = row_of(t["ablation-digits"], "no-nc")
     assert "no metrics.json yet" in nonc[1] and "\u2014" in nonc
     assert "Configured but not evaluated yet: no-nc" in html

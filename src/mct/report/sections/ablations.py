@@ -13,8 +13,11 @@ from .. import figures as F
 from ..collect import BenchResults
 from ..context import Inputs
 from ..tables import Cell, Row, Table, fmt_fixed, metric_label, number_cell
+from ...records import Interval
+from ...stats import interval
+from ..seeds import best_caption, collapse_note, curve_caption, fmt_interval, interval_cell, n_note, spread_caption, stat
 from .common import (EXACT_LABEL, better, compare_caption, describe_setting, exact_row, fmt, metric_cols, primary,
-                     runs_differing_in, what_changes)
+                     k_sweep, runs_differing_in, what_changes)
 
 INGREDIENTS = {"reparam", "noise_cancel", "init"}
 # metrics with natural bounds: a sweep's axis spans them, so that noise cannot look like a trend
@@ -33,76 +36,80 @@ def _bounds(b: BenchResults, metric: str) -> tuple[float, Optional[float]]:
 
 
 def _overview(b: BenchResults) -> Table:
+    """Every run against the main one: what changes (from the settings), K and gamma_z, each
+    metric as mean [95 % interval] over its seeds, and a note when the scores show a collapse."""
     cols = metric_cols(b)
     constant = []
     keys = list(dict.fromkeys(k for r in b.runs.values() for k in r.settings))
     for k in keys:
         vals = {repr(r.settings.get(k)) for r in b.runs.values()}
-        if len(vals) == 1 and len(b.runs) > 1:
+        if len(vals) == 1 and len(b.runs) > 1 and k not in ("K", "gamma_z"):
             constant.append(describe_setting(k, next(iter(b.runs.values())).settings.get(k)))
     its = {r.iterations for r in b.runs.values()}
     show_its = len(its) > 1
     if not show_its and its != {None}:
         constant.append(f"iterations = {next(iter(its))}")
-    header = [("Variant", ""), ("What changes", "settings that differ from the main run")]
-    header += [(metric_label(c), "") for c in cols] + ([("Iterations", "")] if show_its else [])
-    header.append(("Train time", "wall time of the distillation"))
+    header = [("Variant", ""), ("What changes", "settings that differ from the main run"),
+              ("K", "Langevin steps per E-step"), ("\u03b3_z", "step size of the z chain (0 = z frozen)")]
+    header += [(metric_label(c), "mean [95 % interval of the mean] over the training seeds") for c in cols]
+    header += [("Iterations", "")] if show_its else []
+    header += [("Train time", "wall time of the distillation (first seed)"), ("Note", "what the scores show")]
+    caption = ("Each number: mean [95 % t-interval of the mean], n training seeds (one seed: no interval). "
+               "KID \u00d710\u00b3 throughout.")
     t = Table(columns=header, kind=f"ablation-{b.name}",
-              caption=("Same for every run: " + ", ".join(constant) + ".") if constant else "")
+              caption=caption + (" Same for every run: " + ", ".join(constant) + "." if constant else ""))
     exact = exact_row(b)
     if exact is not None:
-        cells = [Cell(EXACT_LABEL, "label"), Cell("no network: drawn from the mixture, scored like the runs", "text")]
+        cells = [Cell(EXACT_LABEL, "label"), Cell("no network: drawn from the mixture, scored like the runs", "text"),
+                 Cell("", "na"), Cell("", "na")]
         cells += [number_cell(exact.scores.get(c), c, "not in teacher/metrics.json") for c in cols]
-        t.rows.append(Row(cells + ([number_cell(None)] if show_its else []) + [Cell("", "na")], "ours teacher"))
+        t.rows.append(Row(cells + ([number_cell(None)] if show_its else []) + [Cell("", "na"), Cell("", "na")],
+                          "ours teacher"))
     for v in b.variants:
         r = b.runs.get(v)
         if r is None:
-            cells = [Cell(v, "label"), Cell("(no metrics.json yet)", "missing")]
-            cells += [number_cell(None, c) for c in cols] + ([number_cell(None)] if show_its else []) + [number_cell(None)]
-            t.rows.append(Row(cells, "notrun"))
+            cells = [Cell(v, "label"), Cell("(no metrics.json yet)", "missing"), number_cell(None), number_cell(None)]
+            cells += [number_cell(None, c) for c in cols] + ([number_cell(None)] if show_its else [])
+            t.rows.append(Row(cells + [number_cell(None), Cell("", "na")], "notrun"))
             continue
-        cells = [Cell(v, "label"), Cell(what_changes(b, v), "text")]
-        for c in cols:
-            cell = number_cell(r.scores.get(c), c, "not in metrics.json")
-            if c == "kid_mean" and r.scores.get("kid_std") is not None and "missing" not in cell.cls:
-                cell.text += f" \u00b1 {r.scores.get('kid_std') * 1e3:.2f}"
-            cells.append(cell)
+        cells = [Cell(v, "label"), Cell(what_changes(b, v), "text"), number_cell(r.settings.get("K"), "K"),
+                 number_cell(r.settings.get("gamma_z"), "gamma_z", "not recorded in the run's settings")]
+        cells += [interval_cell(stat(b, v, c), c, "not in metrics.json") for c in cols]
         cells += [number_cell(r.iterations, "iterations")] if show_its else []
         cells.append(number_cell(r.train_seconds, "train_seconds"))
+        note = collapse_note({c: iv.mean for c in ("precision", "recall", "min_mode_recall", "modes_covered", "num_modes")
+                              if (iv := stat(b, v, c)) is not None})
+        cells.append(Cell(note, "bad" if note else "na"))
         t.rows.append(Row(cells, "ours" if v == b.reference else ""))
     return t
 
 
-def _sweep_caption(b: BenchResults, variants: list[str], key: str, metric: str, label: str) -> str:
-    pts = sorted((b.runs[v].settings[key], b.runs[v].scores.metrics[metric]) for v in variants
-                 if key in b.runs[v].settings and metric in b.runs[v].scores.metrics)
+def sweep_caption(points: list[tuple[float, Interval]], metric: str, label: str) -> str:
+    """One metric along a knob, from its intervals: the ends, the best point and whether it is clear
+    of the others, or 'no difference beyond seed noise' when one value lies in every interval."""
+    pts = sorted(points, key=lambda p: p[0])
     if len(pts) < 2:
         return ""
-    pick = min if better(metric) == "lower" else max
-    best = pick(pts, key=lambda p: p[1])
-    text = (f"{metric_label(metric)}: {fmt(pts[0][1], metric)} at {label} = {pts[0][0]:g}, "
-            f"{fmt(pts[-1][1], metric)} at {label} = {pts[-1][0]:g}")
-    spread = b.seed_spread(metric)
-    span = max(p[1] for p in pts) - min(p[1] for p in pts)
-    if spread is not None and span <= spread:
-        return text + f"; flat: the whole range ({fmt(span, metric)}) is within the seed-to-seed difference " \
-                      f"({fmt(spread, metric)})."
-    if better(metric):
-        text += f" (best {fmt(best[1], metric)} at {label} = {best[0]:g})"
-    if spread is not None:
-        rel = f"{span / spread:.1f}\u00d7" if spread > 0 else "larger than"
-        text += f"; the whole range ({fmt(span, metric)}) is {rel} the seed-to-seed difference ({fmt(spread, metric)})"
-    return text + "."
+    ivs = {f"{label} = {x:g}": iv for x, iv in pts}
+    flat = spread_caption(ivs, metric)
+    if "no difference" in flat:
+        return flat
+    text = (f"{metric_label(metric)}: {fmt_interval(pts[0][1], metric)} at {label} = {pts[0][0]:g}, "
+            f"{fmt_interval(pts[-1][1], metric)} at {label} = {pts[-1][0]:g}.")
+    return " ".join(x for x in (text, best_caption(ivs, metric)) if x)
 
 
 def _sweep(b: BenchResults, key: str, variants: list[str], metrics: list[str], xlabel: str, label: str,
            log_base: Optional[int], what: str, slug: str):
-    data = {m: [(b.runs[v].settings[key], b.runs[v].scores.metrics[m], v) for v in variants
-                if key in b.runs[v].settings and m in b.runs[v].scores.metrics] for m in metrics}
+    data = {m: [(b.runs[v].settings[key], stat(b, v, m), v) for v in variants
+                if key in b.runs[v].settings and stat(b, v, m) is not None] for m in metrics}
     data = {m: p for m, p in data.items() if len({x for x, _, _ in p}) >= 2}
     if not data:
         return None
-    caption = " ".join(x for x in [what] + [_sweep_caption(b, variants, key, m, label) for m in data] if x)
+    first = next(iter(data.values()))
+    notes = [n_note({f"{label} = {x:g} ({v})": iv for x, iv, v in first})]
+    caption = " ".join(x for x in [what] + [sweep_caption([(x, iv) for x, iv, _ in p], m, label)
+                                            for m, p in data.items()] + notes if x)
     return F.sweep(data, xlabel, log_base, {m: _bounds(b, m) for m in data}, caption, f"{b.name} {slug}", slug)
 
 
@@ -164,6 +171,38 @@ def _grad_norm_table(b: BenchResults, logs: dict) -> Optional[Table]:
     return t
 
 
+def seed_curves(b: BenchResults, v: str) -> dict[int, list[tuple[int, float]]]:
+    """Training seed -> the FID measured during training (the first seed's from the run itself)."""
+    r = b.runs[v]
+    per = {s.seed: [(p.iteration, p.fid) for p in s.fid_curve] for s in r.seeds if s.fid_curve}
+    if not per and r.fid_curve:
+        per = {int(r.settings.get("seed", 0) or 0): [(p.iteration, p.fid) for p in r.fid_curve]}
+    return per
+
+
+def _curve(b: BenchResults):
+    """FID during training: per run the mean over seeds at each evaluated iteration with its interval,
+    and a caption that says whether the last evaluation is below the first beyond the seed interval."""
+    curves, first_last = {}, {}
+    for v in b.runs:
+        per = seed_curves(b, v)
+        if not per:
+            continue
+        its = sorted(set.intersection(*[{i for i, _ in c} for c in per.values()]))
+        pts = []
+        for it in its:
+            iv = interval([dict(c)[it] for c in per.values()])
+            pts.append((it, iv.mean, iv.lo, iv.hi))
+        curves[v] = pts
+        if its:
+            first_last[v] = {s: (dict(c)[its[0]], dict(c)[its[-1]]) for s, c in per.items()}
+    if not curves:
+        return None
+    caption = ("FID of the EMA generator during distillation, first \u2192 last evaluation (mean over seeds; band: "
+               "95 % interval): " + curve_caption(first_last, "fid") + ".")
+    return F.metric_vs_iteration(curves, "fid", b.name, caption)
+
+
 def block(inputs: Inputs, b: BenchResults) -> dict:
     if not b.runs:
         return {"name": b.name, "empty": True}
@@ -172,15 +211,18 @@ def block(inputs: Inputs, b: BenchResults) -> dict:
     ingredients = runs_differing_in(b, INGREDIENTS)
     if len(ingredients) >= 2:
         caption = " ".join(compare_caption(b, ingredients, m) for m in prim)
-        f = F.ablation_bars({v: b.runs[v].scores.metrics for v in ingredients}, prim, b.name, b.reference, caption)
+        vals = {v: {m: iv for m in prim if (iv := stat(b, v, m)) is not None} for v in ingredients}
+        f = F.ablation_bars(vals, prim, b.name, b.reference, caption)
         if f:
             figs.append(f)
-    ksel = runs_differing_in(b, {"K", "gamma_z"}, required="K")
+    ksel, _ = k_sweep(b)
     if len(ksel) >= 2:
         kmetrics = prim + [m for m in ("class_entropy", "recall", "off_mode_mass", "modes_covered") if m in b.metric_names() and m not in prim]
         f = _sweep(b, "K", ksel, kmetrics[:3], "K (Langevin steps per E-step, log scale)", "K", 2,
                    "K = 1 is the reverse-KL (mode-seeking) gradient of Diff-Instruct/DMD; more steps move the update "
-                   "toward forward KL (mode-covering). Axes start at 0 (and end at the metric's maximum where it has one).",
+                   "toward forward KL (mode-covering). One run per K (" + ", ".join(ksel) + "), each point the mean "
+                   "over its seeds with its 95 % interval; hollow points ran one seed. Axes start at 0 (and end at "
+                   "the metric's maximum where it has one), so that noise does not look like a trend.",
                    "ksweep")
         if f:
             figs.append(f)
@@ -194,8 +236,7 @@ def block(inputs: Inputs, b: BenchResults) -> dict:
     gv_table, gv_fig = _gradvar_measured(b)
     logs = _train_logs(inputs.results.root, b, [v for v in runs_differing_in(b, {"noise_cancel", "reparam"})])
     grad_figs = [f for f in (gv_fig, F.grad_variance(logs, b.name)) if f]
-    curves = {v: [(p.iteration, p.fid) for p in r.fid_curve] for v, r in b.runs.items() if r.fid_curve}
-    curve = F.metric_vs_iteration(curves, "fid", b.name) if curves else None
+    curve = _curve(b)
     not_run = [v for v in b.variants if v not in b.runs]
     return {"name": b.name, "empty": False, "overview": _overview(b), "figures": figs, "gradvar_measured": gv_table,
             "grad_table": _grad_norm_table(b, logs), "grad_figures": grad_figs, "curves": [curve] if curve else [],
