@@ -494,7 +494,7 @@ def test_self_contained_no_network_no_scripts(report):
 
 def test_six_sections(report):
     _, html = report
-    for sid in ("summary", "main", "ablations", "modes", "samples", "speed"):
+    for sid in ("summary", "main", "ablations", "modes", "samples", "speed"):  # (+ covering with a toy2d family)
         assert f'<section id="{sid}">' in html
     assert "ALGORITHM.md" not in html
 
@@ -571,6 +571,40 @@ def test_claims_table_shows_interval_basis_and_a_verdict_styled_apart(report):
     assert ("claim-inconclusive", "inconclusive") in cells
     assert all(cls == f"claim-{text}" for cls, text in cells)
     assert ">yes<" not in re.search(r'data-table="claims-digits".*?</table>', html, re.S).group(0)
+
+
+@pytest.mark.skipif(not SYNTHETIC, reason="checks the written tree's values")
+def test_where_mode_covering_shows_side_by_side(report):
+    _, html = report
+    t = parse(html).tables["covering"]
+    assert t[0] == ["Claim", "toy2d", "toy2d-grid9", "toy2d-ring16", "toy2d-two"]  # every toy2d* bench, by its folder
+    row = row_of(t, "more K covers more modes")
+    assert [c.split(":")[0] for c in row[1:]] == ["holds", "holds", "inconclusive", "reversed"]
+    k1, k16 = TOY_FAMILY["toy2d-two"]
+    assert row[4] == "reversed: " + expected_interval([a - b for a, b in zip(k16, k1)], "{:.3f}")
+    cells = re.findall(r'<td class="verdict (claim-\w+)" title="k16 - k1, 3 seeds">(\w+):', html)
+    assert cells and all(cls == f"claim-{v}" for cls, v in cells)
+    sec = html_unescape(re.search(r'<section id="covering">(.*?)</section>', html, re.S).group(1))
+    assert ("\u201cmore K covers more modes (K = 16 vs K = 1)\u201d holds on toy2d, toy2d-grid9; is reversed on "
+            "toy2d-two; is inconclusive on toy2d-ring16.") in sec
+    assert "toy2d-ring16: not decided by the seeds: more K covers more modes" in sec
+    assert "2 modes, weights 0.1 to 0.9" in sec
+
+
+def test_covering_section_absent_with_one_mixture_and_sentences_follow_the_verdicts(tmp_path):
+    from mct.report.sections.covering import claim_sentence, is_toy, mixture_sentence
+
+    res, raw = make_results(tmp_path, benches=("toy2d",))
+    html = build_report(raw, RunContext(results_dir=res)).read_text()
+    assert '<section id="covering">' not in html and 'href="#covering"' not in html
+    assert re.findall(r"<h2>(\d+)\. ", html) == ["1", "2", "3", "4", "5", "6"]  # numbered as shown
+    assert is_toy("toy2d") and is_toy("toy2d-grid9") and not is_toy("toy2dx") and not is_toy("digits")
+    assert claim_sentence("c", {"a": "holds", "b": "holds"}) == "\u201cc\u201d holds on every mixture (a, b)."
+    assert claim_sentence("c", {"a": "reversed", "b": None}) == "\u201cc\u201d is reversed on a; was not tested on b."
+    up = Claim(claim="c", verdict="holds", metric="mode_mass_tv", diff=Interval(mean=-0.1, n=3, std=0.01, lo=-0.12, hi=-0.08))
+    down = Claim(claim="c", verdict="reversed", metric="mode_mass_tv", diff=Interval(mean=0.1, n=3, std=0.01, lo=0.08, hi=0.12))
+    assert mixture_sentence("m", [up]) == "m: holds: c (Mode-mass TV \u2193 difference -0.100 [-0.120, -0.080], 3 seeds)."
+    assert mixture_sentence("m", [down]) == "m: reversed: c (Mode-mass TV \u2193 difference 0.100 [0.080, 0.120], 3 seeds)."
 
 
 @pytest.mark.skipif(not SYNTHETIC, reason="checks the written tree's values")
@@ -791,7 +825,8 @@ def test_browser_every_image_loads_and_nothing_is_fetched(page):
     assert not page.external_requests, page.external_requests
     assert not page.failed_requests and not page.console, (page.failed_requests, page.console)
     assert page.scripts == 0 and page.section_errors == 0
-    assert page.sections == ["summary", "main", "ablations", "modes", "samples", "speed"]
+    assert [x for x in page.sections if x != "covering"] == ["summary", "main", "ablations", "modes", "samples", "speed"]
+    assert "covering" in page.sections or not SYNTHETIC  # the synthetic tree has a toy2d family
     assert page.problems() == []
 
 
