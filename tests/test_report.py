@@ -259,8 +259,8 @@ def make_results(root: Path, benches=("toy2d", "toy2d-family", "digits", "digits
         _bytes(corr / "after.png", _digit_grid(rng, noise=0.05))
         write_record(CorrectionMetrics.path(res, bench="digits", variant="mct"), CorrectionMetrics(
             bench="digits", variant="mct", steps=300, sigma=0.2, gamma_eps=0.05, gamma_z=0.02, num_samples=2000,
-            seconds=14.2, before=Scores({"fid": 5.31, "kid_mean": 0.0027, "precision": 0.75}),
-            after=Scores({"fid": 4.92, "kid_mean": 0.0031, "precision": 0.78}),
+            seconds=14.2, before=Scores({"fid": 5.31, "kid_mean": 0.0027, "kid_std": 0.0004, "precision": 0.75}),
+            after=Scores({"fid": 4.92, "kid_mean": 0.0031, "kid_std": 0.0006, "precision": 0.78}),
             generator_at_z_K=Scores({"fid": 5.05, "kid_mean": 0.0029, "precision": 0.76}), provenance=PROV,
             z_moved_rms=0.31, image_moved_rms=0.12))
         beats_k1, cmp = claim_of("mct beats k1 (reverse KL) on FID", digit_runs, "mct", "k1", "fid", "lower")
@@ -303,7 +303,7 @@ def make_results(root: Path, benches=("toy2d", "toy2d-family", "digits", "digits
     raw = {"results_dir": str(res), "device": "cpu",
            "benchmarks": {"toy2d": {"variants": {v: {} for v in TOY_VARIANTS}, "train": {"seed": 0}, "eval": {"seed": 1234}},
                           "digits": {"variants": variants, "train": {"seed": 0}},
-                          "digits-text": {"variants": {"mct": {}, "k1": {}}}},
+                          "digits-text": {"variants": {"mct": {}, "k1": {}}, "eval": {"grid": 100}}},
            "report": {"strict": True}}
     raw["benchmarks"] = {k: v for k, v in raw["benchmarks"].items() if k in benches}
     _as_the_stages_leave_it(res, raw)
@@ -722,9 +722,56 @@ def test_modes_and_samples_and_correction(report):
     corr = t["correct-digits-mct"]
     assert corr[0][:5] == ["Metric", "Before (g(z))", "After correction", "Change", "Helped?"]
     assert row_of(corr, "FID")[1:5] == ["5.31", "4.92", "\u22120.39", "yes"]
-    assert row_of(corr, "KID\u00d710\u00b3")[1:5] == ["2.70", "3.10", "+0.40", "no"]  # KID x 10^3 in every column, the change too
-    assert "The correction lowered FID from 5.31 to 4.92: it helped on FID, and improved 1 of the 2 other" in html
-    assert 'class="pixelated"' in html and 'style="width: 511px"' in html  # 73 px grids shown 7x
+    # KID x 10^3 in every column, its std over subsets too, and the change
+    assert row_of(corr, "KID\u00d710\u00b3")[1:5] == ["2.70 \u00b1 0.40", "3.10 \u00b1 0.60", "+0.40", "no"]
+    assert ("On 2000 samples, the correction lowered FID \u2193 from 5.31 to 4.92: it helped on FID (lower is better); "
+            "it improved 1 of the 2 other metrics with a direction.") in html_unescape(html)
+
+
+def test_correction_headline_follows_the_numbers():
+    """Opposite data, opposite sentence: FID 0.94 -> 1.82 on 100 samples is said to have made it worse."""
+    from mct.report.sections.samples import correction_headline
+
+    def corr(before, after):
+        return CorrectionMetrics(bench="digits", variant="mct", steps=100, sigma=0.5, gamma_eps=0.05, gamma_z=0.02,
+                                 num_samples=100, seconds=1.0, before=Scores(before), after=Scores(after), provenance=PROV)
+
+    worse = correction_headline(corr({"fid": 0.94, "recall": 0.5}, {"fid": 1.82, "recall": 0.6}), ["fid", "recall"])
+    assert worse.startswith("On 100 samples, the correction raised FID \u2193 from 0.94 to 1.82: it made it worse on "
+                            "FID (lower is better); it improved 1 of the 1 other")
+    better = correction_headline(corr({"fid": 1.82, "recall": 0.6}, {"fid": 0.94, "recall": 0.5}), ["fid", "recall"])
+    assert "lowered FID \u2193 from 1.82 to 0.94: it helped on FID" in better and "improved 0 of the 1 other" in better
+    assert correction_headline(corr({"precision": 0.7}, {"precision": 0.8}), ["precision"]).startswith(
+        "On 100 samples, the correction raised Precision \u2191 from 0.700 to 0.800: it helped on Precision (higher")
+
+
+@pytest.mark.skipif(not SYNTHETIC, reason="checks the written tree's values")
+def test_sample_grids_resampled_labelled_and_captioned(report):
+    """Grids are resampled on embedding (nearest neighbour) to a readable size, labelled with the variant,
+    its K and the training seed shown; the text-conditioned grids list the captions of their rows."""
+    import base64
+
+    from PIL import Image
+
+    _, html = report
+    imgs = re.findall(r'<figure class="sample">\s*<img src="data:image/png;base64,([^"]+)" alt="digits mct samples" '
+                      r'style="width: (\d+)px"[^>]*>\s*<figcaption>(.*?)</figcaption>', html, re.S)
+    assert len(imgs) == 1
+    data, width, caption = imgs[0]
+    with Image.open(io.BytesIO(base64.b64decode(data))) as im:
+        assert im.size[0] == int(width) == 73 * 7  # 73 px written, 8 px digits; 7x nearest = 56 px per digit
+        px = np.asarray(im.convert("L"))
+    assert (px[:, ::7] == px[:, 6::7]).all()  # nearest neighbour: each source pixel 7 identical columns
+    assert html_unescape(caption) == "mct (main run, K = 8): one-step samples g(z), 1 NFE, training seed 0 (the first of 3)"
+    k1 = re.search(r'alt="digits k1 samples"[^>]*>\s*<figcaption>(.*?)</figcaption>', html, re.S).group(1)
+    assert html_unescape(k1) == "k1 (K = 1, \u03b3_z = 0 (z frozen)): one-step samples g(z), 1 NFE, training seed 0 (the first of 3)"
+    t = parse(html).tables
+    rows = t["captions-digits-text"]
+    assert rows[0] == ["Row", "Template", "Column 3 reads"] and len(rows) == 11  # 100 samples: 10 rows of 10 classes
+    assert rows[1] == ["1", "a handwritten {word}", "a handwritten three"]
+    assert rows[7][1:] == ["a handwritten {word}", "a handwritten three"]  # 6 templates cycle: row 7 = row 1
+    assert "captions-digits" not in [k for k in t if k != "captions-digits-text"]  # class-conditional: no captions
+    assert "the samples' files do not record their captions" in html_unescape(html)
 
 
 @pytest.mark.skipif(not SYNTHETIC, reason="checks the written tree's values")
