@@ -934,3 +934,68 @@ def test_exported_generator_is_linked_with_its_model_card(tmp_path):
     assert 'href="digits/export/mct/README.md"' in link and 'href="digits/export/mct/"' in link
     assert html_lib.unescape(link).count('mct.load_generator("results/digits/export/mct/")') == 1
     assert 'data-export="digits/k1"' not in html  # only folders that exist are linked
+
+
+# --- captions written from the numbers: opposite data, opposite sentence ---------------------
+
+def _iv(values):
+    return stats.interval(values)
+
+
+def test_best_caption_names_the_best_and_says_whether_the_intervals_overlap():
+    from mct.report.seeds import best_caption
+
+    low_k16 = {"k1": _iv([0.30, 0.32, 0.31]), "k16": _iv([0.05, 0.06, 0.055])}
+    cap = best_caption(low_k16, "off_mode_mass")
+    assert cap.startswith("Lowest Off-mode mass: k16 (0.055 [") and "clear of every other variant's" in cap
+    flipped = best_caption({"k1": low_k16["k16"], "k16": low_k16["k1"]}, "off_mode_mass")
+    assert flipped.startswith("Lowest Off-mode mass: k1 (")
+    tied = best_caption({"k1": _iv([0.30, 0.12, 0.22]), "k16": _iv([0.18, 0.22, 0.2])}, "off_mode_mass")
+    assert "its interval overlaps k1's, so it is not separated from them" in tied
+    higher = best_caption({"a": _iv([0.9, 0.91, 0.92]), "b": _iv([0.5, 0.52, 0.51])}, "recall")
+    assert higher.startswith("Highest Recall: a (")
+    one = best_caption({"a": _iv([0.9]), "b": _iv([0.5, 0.52, 0.51])}, "recall")
+    assert "against b it cannot be judged" in one or "against a it cannot be judged" in one
+
+
+def test_spread_caption_says_no_difference_only_inside_the_noise():
+    from mct.report.seeds import spread_caption
+
+    noise = {"k1": _iv([2.3002, 2.3101, 2.2950]), "k8": _iv([2.3012, 2.2990, 2.3080])}
+    assert spread_caption(noise, "class_entropy").startswith("Class entropy: no difference beyond seed noise")
+    apart = {"k1": _iv([2.10, 2.11, 2.12]), "k8": _iv([2.30, 2.29, 2.31])}
+    assert "no difference" not in spread_caption(apart, "class_entropy")
+    single = spread_caption({"k1": _iv([2.1]), "k8": _iv([2.3])}, "class_entropy")
+    assert "too few variants with several seeds" in single and "no difference" not in single
+
+
+def test_curve_caption_follows_the_first_and_last_points():
+    from mct.report.seeds import curve_caption
+
+    falls = curve_caption({"mct": {0: (2.0, 0.60), 1: (2.1, 0.65), 2: (1.9, 0.62)}}, "fid")
+    assert falls == "mct 2.00 \u2192 0.62 (lower at the end, beyond the 3 seeds' interval)"
+    rises = curve_caption({"mct": {0: (0.60, 2.0), 1: (0.65, 2.1), 2: (0.62, 1.9)}}, "fid")
+    assert "(higher at the end, beyond the 3 seeds' interval)" in rises
+    flat = curve_caption({"mct": {0: (1.0, 0.9), 1: (1.0, 1.2), 2: (1.0, 0.95)}}, "fid")
+    assert "no change beyond seed noise over 3 seeds" in flat and "levelling" not in flat
+
+
+def test_collapse_note_only_when_the_scores_show_it():
+    from mct.report.seeds import collapse_note
+
+    assert collapse_note({"precision": 1.0, "recall": 0.0}).startswith("collapsed: precision 1.00, recall 0.00")
+    assert collapse_note({"precision": 0.75, "recall": 0.63}) == ""
+    assert collapse_note({"min_mode_recall": 0.0, "modes_covered": 3.0, "num_modes": 8.0}).startswith(
+        "collapsed onto part of the mixture: at least one mode gets no samples (5 of 8 modes")
+    assert collapse_note({"min_mode_recall": 0.9, "modes_covered": 8.0, "num_modes": 8.0}) == ""
+
+
+def test_interval_text_for_known_stats_and_one_scale_for_kid():
+    from mct.report.seeds import fmt_interval
+
+    iv = Interval(mean=0.00265, n=3, std=0.0001, lo=0.00240, hi=0.00290)
+    assert fmt_interval(iv, "kid_mean") == "2.65 [2.40, 2.90], 3 seeds"  # x 10^3: mean and both ends
+    assert fmt_interval(Interval(mean=5.31, n=1), "fid") == "5.31, 1 seed"
+    assert fmt_interval(Interval(mean=7.6, n=5, std=0.5, lo=7.0, hi=8.2), "modes_covered") == "7.6 [7.0, 8.2], 5 seeds"
+    assert fmt_interval(Interval(mean=8.0, n=5, std=0.0, lo=8.0, hi=8.0), "modes_covered") == "8, the same in all 5 seeds"
+    assert number_cell(0.0004, "kid_std").text == "0.40"

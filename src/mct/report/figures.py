@@ -224,7 +224,7 @@ def _smooth(s: pd.Series, n: int) -> pd.Series:
     return s.rolling(max(1, n), min_periods=1, center=True).mean()
 
 
-def grad_variance(logs: dict[str, pd.DataFrame], bench: str) -> Optional[Figure]:
+def grad_variance(logs: dict[str, pd.DataFrame], bench: str, caption: str = "") -> Optional[Figure]:
     """Generator gradient norm over training (mean and rolling spread) per variant."""
     logs = {v: d for v, d in logs.items() if "grad_norm_g" in d and "iteration" in d and d["grad_norm_g"].notna().any()}
     if not logs:
@@ -256,9 +256,8 @@ def grad_variance(logs: dict[str, pd.DataFrame], bench: str) -> Optional[Figure]
             ax.set_title("E-step eps and tracked linear noise nu")
             ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         return _render(fig, "Noise cancellation subtracts the tracked linear noise term nu from eps before the "
-                            "M-step, which only removes variance. Look for a narrower band (smaller spread of "
-                            "the gradient norm) for mct than for no-nc; right: how much of eps is pure noise.",
-                       f"{bench} gradient variance", "gradvar")
+                            "M-step. Left: the generator's gradient norm (rolling mean \u00b1 std); right: eps and "
+                            "its tracked noise. " + caption, f"{bench} gradient variance", "gradvar")
 
 
 def grad_var_bars(rows: list[dict], bench: str) -> Optional[Figure]:

@@ -56,11 +56,11 @@ def better(metric: str) -> str:
 
 
 def fmt_value(v: float, metric: str, mean_of_many: bool = False) -> str:
-    """``v`` as the metric's column shows it (KID x 10^3 everywhere); a mean of an integer count
-    keeps one decimal (8 covered modes on average is not 7.6 rounded)."""
+    """``v`` as the metric's column shows it (KID x 10^3 everywhere); a mean of an integer count over
+    several seeds keeps one decimal, its interval ends too (7.6 covered modes is not 8)."""
     spec = FORMATS.get(metric)
     f = spec.fmt if spec else fmt_auto
-    if f is fmt_int and mean_of_many and v != int(v):
+    if f is fmt_int and mean_of_many:
         return f"{v:.1f}"
     return f(float(v))
 
@@ -74,9 +74,9 @@ def fmt_interval(iv: Optional[Interval], metric: str, with_n: bool = True) -> st
     if iv is None:
         return "\u2014"
     many = iv.n > 1
-    text = fmt_value(iv.mean, metric, many)
     if many and iv.std == 0:
-        return text + (f", the same in all {iv.n} seeds" if with_n else " (no spread)")
+        return fmt_value(iv.mean, metric) + (f", the same in all {iv.n} seeds" if with_n else " (no spread)")
+    text = fmt_value(iv.mean, metric, many)
     if iv.lo is not None and iv.hi is not None:
         text += f" [{fmt_value(iv.lo, metric, many)}, {fmt_value(iv.hi, metric, many)}]"
     return text + (f", {seeds_word(iv.n)}" if with_n else "")

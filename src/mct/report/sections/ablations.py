@@ -156,6 +156,27 @@ def _train_logs(root: Path, b: BenchResults, variants: list[str]) -> dict:
     return logs
 
 
+def _cvs(logs: dict) -> dict[str, float]:
+    """Coefficient of variation of the gradient norm over the second half of each run's log."""
+    out = {}
+    for v, d in logs.items():
+        g = d[d["iteration"] >= d["iteration"].max() / 2]["grad_norm_g"].astype(float)
+        if len(g) > 1 and g.mean():
+            out[v] = float(g.std() / g.mean())
+    return out
+
+
+def cv_caption(cvs: dict[str, float]) -> str:
+    """Which run's gradient norm is steadiest over the second half of training (one log per run:
+    a description of these runs, not an interval over seeds)."""
+    if len(cvs) < 2:
+        return ""
+    lo = min(cvs, key=cvs.get)
+    hi = max(cvs, key=cvs.get)
+    return (f"Second half of training, std / mean of |g|: " + ", ".join(f"{v} {x:.2f}" for v, x in cvs.items())
+            + f"; steadiest {lo}, least steady {hi} (the first seed's log of each run).")
+
+
 def _grad_norm_table(b: BenchResults, logs: dict) -> Optional[Table]:
     if not logs:
         return None
@@ -235,7 +256,7 @@ def block(inputs: Inputs, b: BenchResults) -> dict:
             figs.append(f)
     gv_table, gv_fig = _gradvar_measured(b)
     logs = _train_logs(inputs.results.root, b, [v for v in runs_differing_in(b, {"noise_cancel", "reparam"})])
-    grad_figs = [f for f in (gv_fig, F.grad_variance(logs, b.name)) if f]
+    grad_figs = [f for f in (gv_fig, F.grad_variance(logs, b.name, cv_caption(_cvs(logs)))) if f]
     curve = _curve(b)
     not_run = [v for v in b.variants if v not in b.runs]
     return {"name": b.name, "empty": False, "overview": _overview(b), "figures": figs, "gradvar_measured": gv_table,
