@@ -33,11 +33,15 @@ from .sections import ablations, covering, main, modes, samples, speed, summary
 log = logging.getLogger(__name__)
 
 # (key, title, module) in page order; a module whose build returns None has nothing to show for
-# this config and is left out (numbers follow the sections shown)
+# this config and is left out (numbers follow the sections shown). A section the template has no
+# block for is rendered generically after the others from its dict: intro (text), tables,
+# figures, notes; so a new section is one module and one line here.
 SECTIONS = [("summary", "Summary", summary), ("main", "Main results", main),
             ("ablations", "Ablations", ablations), ("modes", "Mode-seeking to mode-covering", modes),
             ("covering", "Where mode covering shows", covering),
             ("samples", "Samples", samples), ("speed", "Speed", speed)]
+
+TEMPLATED = {"summary", "main", "ablations", "modes", "covering", "samples", "speed"}  # blocks in the template
 
 __all__ = ["ReportConfig", "build_report"]
 
@@ -62,7 +66,8 @@ def build_report(raw: dict, ctx, out: Optional[str | Path] = None) -> Path:
                                                                     if context[k] is not None), start=1)]
     css = (HERE / "style.css").read_text(encoding="utf-8")
     html = _env().get_template("template.html.j2").render(
-        title=cfg.title, sections=shown, labels=dict(shown), css=css, problems=inputs.results.problems, **context)
+        title=cfg.title, sections=shown, labels=dict(shown), css=css, problems=inputs.results.problems,
+        generic=[(k, context[k]) for k, _ in shown if k not in TEMPLATED], **context)
     write_text(out, html)
     log.info("report written to %s", out)
     return out

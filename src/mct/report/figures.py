@@ -208,15 +208,14 @@ def sweep(data: dict[str, list[tuple[float, object, str]]], xlabel: str, log_bas
                 ax.set_xscale("log", base=log_base)
                 ax.set_xticks(xs, [f"{x:g}" for x in xs])
                 ax.minorticks_off()
-            lo, hi = bounds.get(m, (0.0, None))
+            lo, hi = bounds.get(m, (0.0, None))  # linear from the bound, always: the caption says so
             tops = [iv.hi if iv.hi is not None else iv.mean for _, iv, _ in pts]
-            if not log_if_spread(ax, ys, ratio=20.0):
-                top = max(hi if hi is not None else max(tops) * 1.15, max(tops))
-                bottom = min([lo] + [iv.lo if iv.lo is not None else iv.mean for _, iv, _ in pts])
-                ax.set_ylim(bottom, top * 1.04)  # a little headroom: points on the bound stay visible
+            top = max(hi if hi is not None else max(tops) * 1.15, max(tops))
+            bottom = min([lo] + [iv.lo if iv.lo is not None else iv.mean for _, iv, _ in pts])
+            ax.set_ylim(bottom, top * 1.04)  # a little headroom: points on the bound stay visible
             ax.set_xlabel(xlabel)
             ax.set_title(metric_label(m))
-            ax.ticklabel_format(axis="y", useOffset=False) if ax.get_yscale() == "linear" else None
+            ax.ticklabel_format(axis="y", useOffset=False)
         return _render(fig, caption, alt, slug)
 
 

@@ -1,8 +1,9 @@
 """Section 3: every run against the main one. Which runs form an ablation, a K sweep or a
 step-size sweep is read off their recorded settings (a run that differs from the main run
 only in ``reparam``, ``noise_cancel`` or ``init`` is an ingredient ablation; only in K (and
-gamma_z), a K sweep point; only in gamma_eps, a step-size point; only in the seed, the noise
-level every difference is judged against). Captions are written from the numbers."""
+gamma_z), a K sweep point, one per K; only in gamma_eps, a step-size point). Every number is a
+mean over the run's training seeds with its 95 % interval, and captions are written from the
+intervals (mct.report.seeds): a difference inside the seed noise reads as such."""
 
 from __future__ import annotations
 
