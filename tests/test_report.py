@@ -683,7 +683,8 @@ def test_ablations_from_settings_with_captions_from_numbers(report):
     assert row_of(abl, "random-init")[fid] == expected_interval([38.9 * (1 + j) for j in JITTER[:3]], "{:.2f}")
     assert row_of(abl, "k2")[fid] == "7.10, 1 seed"  # one seed: said, no interval
     note = abl[0].index("Note")
-    assert row_of(abl, "no-reparam")[note].startswith("collapsed: precision 1.00, recall 0.00")
+    assert row_of(abl, "no-reparam")[note] == "collapsed"
+    assert "no-reparam: collapsed: precision 1.00, recall 0.00: its samples sit on the real data" in html
     assert row_of(abl, "mct")[note] == "" and row_of(abl, "no-nc")[note] == ""
     cap = _figure_caption(html, "ablation", "digits")
     mct = expected_interval([5.31 * (1 + j) for j in JITTER[:3]], "{:.2f}")

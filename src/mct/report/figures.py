@@ -168,7 +168,7 @@ def ablation_bars(values: dict[str, dict[str, object]], metrics: Sequence[str], 
             for i, (_, iv) in enumerate(runs):
                 ax.annotate(f"{iv.mean:.3g}", (i, iv.hi if iv.hi is not None else iv.mean), ha="center", va="bottom",
                             fontsize=8, xytext=(0, 2), textcoords="offset points")
-            if log_if_spread(ax, [iv.mean for _, iv in runs]):
+            if min(iv.mean for _, iv in runs) > 0 and log_if_spread(ax, [iv.mean for _, iv in runs]):  # a 0 stays visible
                 logged.append(metric_label(m))
             else:
                 ax.set_ylim(bottom=0)

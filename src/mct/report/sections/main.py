@@ -140,8 +140,7 @@ def task_block(inputs: Inputs, name: str) -> dict:
                      "Teacher rows: one evaluation; KID \u00b1 its std over KID subsets. KID \u00d710\u00b3 "
                      "in every cell.")
         ref, k1 = b.reference, k1_variant(b)
-        labels = {ref: f"MCT one-step student ({ref}, this pipeline)",
-                  k1: f"K = 1 baseline: reverse-KL gradient ({k1}, DMD / Diff-Instruct style)"}
+        labels = {ref: f"MCT one-step student ({ref})", k1: f"K = 1 baseline ({k1}, reverse KL as in DMD)"}
         for v in (ref, k1):
             if v is None:
                 continue
