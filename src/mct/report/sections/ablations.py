@@ -17,8 +17,8 @@ from ..tables import Cell, Row, Table, fmt_fixed, metric_label, number_cell
 from ...records import Interval
 from ...stats import interval
 from ..seeds import best_caption, collapse_note, curve_caption, fmt_interval, interval_cell, n_note, spread_caption, stat
-from .common import (EXACT_LABEL, better, compare_caption, describe_setting, exact_row, fmt, metric_cols, primary,
-                     k_sweep, runs_differing_in, what_changes)
+from .common import (EXACT_LABEL, compare_caption, describe_setting, exact_row, k_sweep, metric_cols, primary,
+                     runs_differing_in, what_changes)
 
 INGREDIENTS = {"reparam", "noise_cancel", "init"}
 # metrics with natural bounds: a sweep's axis spans them, so that noise cannot look like a trend
@@ -177,7 +177,7 @@ def cv_caption(cvs: dict[str, float]) -> str:
         return ""
     lo = min(cvs, key=cvs.get)
     hi = max(cvs, key=cvs.get)
-    return (f"Second half of training, std / mean of |g|: " + ", ".join(f"{v} {x:.2f}" for v, x in cvs.items())
+    return ("Second half of training, std / mean of |g|: " + ", ".join(f"{v} {x:.2f}" for v, x in cvs.items())
             + f"; steadiest {lo}, least steady {hi} (the first seed's log of each run).")
 
 
