@@ -16,7 +16,8 @@ from ..context import Inputs
 from ..tables import Cell, Row, Table, fmt_fixed, metric_label, number_cell
 from ...records import Interval
 from ...stats import interval
-from ..seeds import best_caption, collapse_note, curve_caption, fmt_interval, interval_cell, n_note, spread_caption, stat
+from ..seeds import (best_caption, collapse_note, curve_caption, fmt_interval, interval_cell, interval_title, n_note,
+                     seed_values, spread_caption, stat)
 from .common import (EXACT_LABEL, compare_caption, describe_setting, exact_row, k_sweep, metric_cols, primary,
                      runs_differing_in, what_changes)
 
@@ -118,32 +119,48 @@ def _sweep(b: BenchResults, key: str, variants: list[str], metrics: list[str], x
 
 
 def _gradvar_measured(b: BenchResults):
+    """The M-step gradient variance each run measured (mct evaluate), over its seeds: with and without
+    noise cancellation on the same chains, and their ratio per seed (mean [95 % interval])."""
     rows = []
-    for v, r in b.runs.items():
-        m = r.scores.metrics
-        row = {"variant": v, "noise_cancel": r.settings.get("noise_cancel"), "own": m.get("mstep_grad_var"),
-               "nc": m.get("mstep_grad_var_nc"), "no_nc": m.get("mstep_grad_var_no_nc")}
-        if any(row[k] is not None for k in ("own", "nc", "no_nc")):
-            row["ratio"] = row["no_nc"] / row["nc"] if row["nc"] and row["no_nc"] is not None else None
-            rows.append(row)
+    for v in b.runs:
+        ivs = {k: stat(b, v, m) for k, m in (("own", "mstep_grad_var"), ("nc", "mstep_grad_var_nc"),
+                                             ("no_nc", "mstep_grad_var_no_nc"))}
+        if all(iv is None for iv in ivs.values()):
+            continue
+        nc, no = seed_values(b, v, "mstep_grad_var_nc"), seed_values(b, v, "mstep_grad_var_no_nc")
+        per_seed = [no[s] / nc[s] for s in nc if s in no and nc[s] > 0]
+        rows.append({"variant": v, "noise_cancel": b.runs[v].settings.get("noise_cancel"), **ivs,
+                     "ratio": interval(per_seed) if per_seed else None})
     if not rows:
         return None, None
-    sci = lambda v: f"{v:#.3g}".rstrip(".") if 1e-3 <= abs(v) < 1e4 else f"{v:.2e}"  # noqa: E731
+    sci = lambda x: f"{x:#.3g}".rstrip(".") if 1e-3 <= abs(x) < 1e4 else f"{x:.2e}"  # noqa: E731
+    times = lambda x: f"{x:.2f}\u00d7"  # noqa: E731
+
+    def cell(iv, f):
+        if iv is None:
+            return number_cell(None)
+        text = f(iv.mean) + (f" [{f(iv.lo)}, {f(iv.hi)}]" if iv.lo is not None and iv.std else "")
+        return Cell(text + f", {iv.n} seed" + ("s" if iv.n != 1 else ""), "num", interval_title(iv, "variance"))
+
     t = Table(columns=[("Variant", ""), ("Trained with NC", ""), ("Var of its M-step gradient", ""),
-                       ("Var with NC (same chains)", ""), ("Var without NC (same chains)", ""), ("Without / with NC", "")],
+                       ("Var with NC (same chains)", ""), ("Var without NC (same chains)", ""),
+                       ("Without / with NC", "per seed, then mean [95 % interval]")],
               kind=f"gradvar-measured-{b.name}")
     for r in rows:
         t.rows.append(Row([Cell(r["variant"], "label"), number_cell(r["noise_cancel"])]
-                          + [number_cell(r[k], fmt=sci) for k in ("own", "nc", "no_nc")]
-                          + [number_cell(r["ratio"], fmt=lambda v: f"{v:.2f}\u00d7")]))
-    ratios = [r["ratio"] for r in rows if r.get("ratio")]
+                          + [cell(r[k], sci) for k in ("own", "nc", "no_nc")] + [cell(r["ratio"], times)]))
+    ratios = {r["variant"]: r["ratio"] for r in rows if r["ratio"] is not None}
     t.caption = ("Total variance of the generator's M-step gradient over fixed batches at the end of training "
                  "(`mct evaluate`). 'Same chains': one E-step, the gradient taken with eps_K - nu_K and with eps_K.")
     if ratios:
-        lo, hi = min(ratios), max(ratios)
-        t.caption += (f" Without noise cancellation the variance is {lo:.2f}\u00d7 to {hi:.2f}\u00d7 that with it"
-                      + (" in every run." if lo > 1 else "; below 1 means cancellation did not lower it."))
-    return t, F.grad_var_bars(rows, b.name)
+        lower = [v for v, iv in ratios.items() if iv.lo is not None and iv.lo > 1]
+        undecided = [v for v, iv in ratios.items() if v not in lower]
+        t.caption += (f" Cancellation lowers the variance beyond the seed interval in {len(lower)} of {len(ratios)} "
+                      "runs" + (f"; not shown beyond the interval (or one seed) in {', '.join(undecided)}."
+                                if undecided else "."))
+    bars = [{"variant": r["variant"], "nc": r["nc"].mean if r["nc"] else None,
+             "no_nc": r["no_nc"].mean if r["no_nc"] else None} for r in rows]
+    return t, F.grad_var_bars(bars, b.name)
 
 
 def _train_logs(root: Path, b: BenchResults, variants: list[str]) -> dict:
