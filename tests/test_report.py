@@ -1023,3 +1023,21 @@ def test_a_new_section_is_one_module_and_one_line(tmp_path, monkeypatch):
     sec = re.search(r'<section id="paper-scale">(.*?)</section>', html, re.S).group(1)
     assert "<h2>7. Paper scale</h2>" in sec and "paper-scale runs" in sec and "a note" in sec
     assert parse(html).tables["extra"] == [["A"], ["1"]] and 'href="#paper-scale"' in html
+
+
+def test_k_sweep_one_run_per_k_and_the_baseline_is_z_frozen():
+    """The main run is its K's point (its seeds, not averaged with anything); at K = 1 the z-frozen
+    baseline, not the z-moving ablation; a second run at a K goes to the z-chain table."""
+    from mct.report.collect import BenchResults
+    from mct.report.sections.common import k1_variant, k_sweep
+
+    def run(v, K, gz, seed=0):
+        return RunMetrics(bench="digits", variant=v, nfe=1, provenance=PROV, scores=Scores({"fid": 1.0}),
+                          settings={"K": K, "gamma_z": gz, "reparam": True, "seed": seed})
+
+    runs = {"mct": run("mct", 4, 0.02), "k1-zmoving": run("k1-zmoving", 1, 0.02), "k1": run("k1", 1, 0.0),
+            "k4-zfrozen": run("k4-zfrozen", 4, 0.0), "k8": run("k8", 8, 0.02), "k16-zfrozen": run("k16-zfrozen", 16, 0.0)}
+    b = BenchResults("digits", True, list(runs), list(runs), runs=runs)
+    assert k1_variant(b) == "k1"
+    points, zchain = k_sweep(b)
+    assert points == ["k1", "mct", "k8", "k16-zfrozen"] and sorted(zchain) == ["k1-zmoving", "k4-zfrozen"]

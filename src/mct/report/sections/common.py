@@ -112,7 +112,7 @@ def k_sweep(b: BenchResults) -> tuple[list[str], list[str]]:
     ref = b.reference
     if ref is None:
         return [], []
-    cands = runs_differing_in(b, {"K", "gamma_z"}, required="K")
+    cands = runs_differing_in(b, {"K", "gamma_z"})  # (gamma_z alone: a z-chain variant at the main run's K)
     gz = b.runs[ref].settings.get("gamma_z")
     k1 = k1_variant(b)
     by_k: dict = {}
