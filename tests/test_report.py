@@ -563,6 +563,7 @@ def test_claims_table_shows_interval_basis_and_a_verdict_styled_apart(report):
     assert row_of(claims, "noise cancellation lowers FID")[1] == "FID \u2193; claimed difference > 0"
     assert row_of(claims, "one-step mct FID")[-1] == "reversed"
     assert row_of(claims, "one-step mct FID")[2] == "1.13 [0.63, 1.63]"
+    assert row_of(claims, "one-step mct FID")[3] == "n = 3 (the basis says how)"  # no comparison record behind it
     rep = row_of(claims, "reparametrisation beats")
     assert rep[-1] == "inconclusive" and rep[2] == "0.10 [-0.65, 0.85]"
     # each verdict has its own class: an inconclusive claim never looks like one that holds
@@ -724,7 +725,12 @@ def test_modes_and_samples_and_correction(report):
     k1, mct = row_of(classes, "k1"), row_of(classes, "mct")
     assert k1[classes[0].index("Largest class share")] == "0.104" and mct[classes[0].index("Largest class share")] == "0.102"
     cap = _figure_caption(html, "classhist", "digits")
-    assert "Largest class share: 0.104 (k1) to 0.102" in cap and "no run drops classes" in cap
+    assert "Largest class share: 0.104 (k1) to 0.102" in cap and "no run drops a class" in cap
+    from mct.report.sections.modes import class_caption
+
+    collapsed = class_caption({"k1": 1.0, "mct": 1.0}, {"k1": 0.0, "mct": 0.0}, 10)  # opposite data: every run on one class
+    assert collapsed == ("Largest class share 1.000 in every run; k1, mct drop at least one class (below a quarter of "
+                         "a uniform share).")
     scatter = _figure_caption(html, "scatter", "toy2d")
     assert re.search(r"K = 1: TV 0\.\d\d, [1-8]/8 modes", scatter) and "mct (K = 8)" in scatter
     corr = t["correct-digits-mct"]
@@ -1007,6 +1013,8 @@ def test_interval_text_for_known_stats_and_one_scale_for_kid():
     assert fmt_interval(Interval(mean=7.6, n=5, std=0.5, lo=7.0, hi=8.2), "modes_covered") == "7.6 [7.0, 8.2], 5 seeds"
     assert fmt_interval(Interval(mean=8.0, n=5, std=0.0, lo=8.0, hi=8.0), "modes_covered") == "8, the same in all 5 seeds"
     assert number_cell(0.0004, "kid_std").text == "0.40"
+    narrow = Interval(mean=2.6312, n=2, std=0.0004, lo=2.6276, hi=2.6348)  # narrower than FID's 2 decimals
+    assert fmt_interval(narrow, "fid") == "2.631 [2.628, 2.635], 2 seeds"
 
 
 def test_a_new_section_is_one_module_and_one_line(tmp_path, monkeypatch):

@@ -76,10 +76,29 @@ def fmt_interval(iv: Optional[Interval], metric: str, with_n: bool = True) -> st
     many = iv.n > 1
     if many and iv.std == 0:
         return fmt_value(iv.mean, metric) + (f", the same in all {iv.n} seeds" if with_n else " (no spread)")
-    text = fmt_value(iv.mean, metric, many)
+    f = lambda v: fmt_value(v, metric, many)  # noqa: E731
+    if iv.lo is not None and iv.hi is not None and f(iv.lo) == f(iv.hi):
+        digits = fine_digits(iv.lo, iv.hi, metric)  # the column's rounding would hide the interval
+        f = lambda v: fmt_fine(v, metric, digits)  # noqa: E731
+    text = f(iv.mean)
     if iv.lo is not None and iv.hi is not None:
-        text += f" [{fmt_value(iv.lo, metric, many)}, {fmt_value(iv.hi, metric, many)}]"
+        text += f" [{f(iv.lo)}, {f(iv.hi)}]"
     return text + (f", {seeds_word(iv.n)}" if with_n else "")
+
+
+def fmt_fine(v: float, metric: str, digits: int = 3) -> str:
+    """``digits`` significant figures on the metric's scale (KID x 10^3)."""
+    v = v * 1e3 if metric in ("kid_mean", "kid_std") else v
+    return f"{v:.{digits}g}"
+
+
+def fine_digits(lo: float, hi: float, metric: str) -> int:
+    """The fewest significant figures (3 to 8) that tell ``lo`` from ``hi``: an interval narrower than
+    the column's rounding shows its width ('2.6276 [..]') instead of '2.63 [2.63, 2.63]'."""
+    for d in range(3, 9):
+        if fmt_fine(lo, metric, d) != fmt_fine(hi, metric, d):
+            return d
+    return 8
 
 
 def interval_title(iv: Interval, metric: str) -> str:

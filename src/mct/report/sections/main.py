@@ -36,13 +36,14 @@ def _test_of(b: BenchResults, c) -> str:
     if d is None:
         return "no interval"
     match = next((x for x in (b.summary.comparisons if b.summary else []) if x.metric == c.metric
+                  and set(c.values) == {x.variant, x.baseline}
                   and (x.diff.mean, x.diff.lo, x.diff.hi) == (d.mean, d.lo, d.hi)), None)
     if match is not None:
-        how = f"paired over {seeds_word(len(match.seeds) or d.n)}" if match.paired else f"Welch, at least {seeds_word(d.n)} a side"
+        how = f"paired over {seeds_word(len(match.seeds) or d.n)}" if match.paired else "Welch (unpaired)"
         return f"{how} ({match.variant} \u2212 {match.baseline})"
     if d.lo is None:
         return f"{seeds_word(d.n)}: no interval"
-    return f"n = {d.n}"
+    return f"n = {d.n} (the basis says how)"
 
 
 def claims_table(b: BenchResults) -> Optional[Table]:
@@ -62,7 +63,9 @@ def claims_table(b: BenchResults) -> Optional[Table]:
         d = c.diff
         diff = MISSING if d is None else fmt_interval(d, c.metric, with_n=False) + ("" if d.lo is not None
                                                                                    else " (no interval)")
-        metric = f"{metric_label(c.metric)}; claimed difference {'< 0' if c.better == 'lower' else '> 0'}" \
+        bar = getattr(c, "threshold", 0.0) or 0.0  # a tolerance claim ('within 10 % of the teacher') sets it
+        bar_text = fmt(bar, c.metric) if bar else "0"
+        metric = f"{metric_label(c.metric)}; claimed difference {'<' if c.better == 'lower' else '>'} {bar_text}" \
             if c.metric else MISSING
         t.rows.append(Row([Cell(c.claim, "text"), Cell(metric, "text"), Cell(diff, "num"), Cell(_test_of(b, c), "text"),
                            Cell(c.basis, "text"), Cell(c.verdict, "verdict " + VERDICT_CLS[c.verdict])],

@@ -142,15 +142,25 @@ def _classes(b: BenchResults, names: list[str]) -> dict:
     t.caption = "Histograms of the first seed's samples; the entropy's spread over seeds is judged in the caption."
     largest = {v: max(h) for v, _, h in rows}
     caption = f"Classes of the one-step samples by the benchmark's classifier; the dashed line is uniform ({1 / n:.3f})."
-    if len(largest) >= 2:
-        lo, hi = min(largest, key=largest.get), max(largest, key=largest.get)
-        spread = max(largest.values()) - min(largest.values())
-        caption += (f" Largest class share: {largest[hi]:.3f} ({hi}) to {largest[lo]:.3f} ({lo})"
-                    + (f", a spread of {spread:.3f}: the histograms are alike, no run drops classes."
-                       if spread < 0.5 / n else "."))
+    caption += " " + class_caption(largest, {v: min(h) for v, _, h in rows}, n)
     ent = spread_caption({v: stat(b, v, "class_entropy") for v, _, _ in rows}, "class_entropy")
     caption += (" " + ent) if ent else ""
     return {"name": b.name, "figures": [f for f in [F.class_histograms(hists, b.name, caption)] if f], "table": t}
+
+
+def class_caption(largest: dict[str, float], smallest: dict[str, float], n: int) -> str:
+    """The histograms in words: the range of the largest class share, and which runs drop a class
+    (a class below a quarter of a uniform share), from the numbers."""
+    if not largest:
+        return ""
+    lo, hi = min(largest, key=largest.get), max(largest, key=largest.get)
+    text = (f"Largest class share {largest[hi]:.3f} in every run" if largest[hi] == largest[lo] else
+            f"Largest class share: {largest[hi]:.3f} ({hi}) to {largest[lo]:.3f} ({lo})")
+    drop = [v for v, x in smallest.items() if x < 0.25 / n]
+    if drop:
+        return text + f"; {', '.join(drop)} drop{'s' if len(drop) == 1 else ''} at least one class (below a quarter " \
+                      "of a uniform share)."
+    return text + "; no run drops a class (every class holds at least a quarter of a uniform share)."
 
 
 def block(inputs: Inputs, b: BenchResults) -> Optional[dict]:
