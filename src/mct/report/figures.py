@@ -279,7 +279,8 @@ def grad_var_bars(rows: list[dict], bench: str) -> Optional[Figure]:
         ratios = [r["no_nc"] / r["nc"] for r in d if r["nc"]]
         return _render(fig, "For each run's final generator, one E-step per fixed batch, then the M-step gradient with "
                             "eps_K - nu_K (blue) and with eps_K (purple). Without cancellation the variance is "
-                            f"{min(ratios):.2f}\u00d7 to {max(ratios):.2f}\u00d7 that with it.",
+                            f"{min(ratios):.3g}\u00d7 to {max(ratios):.3g}\u00d7 that with it (means over seeds). "
+                            "Log axis: variances of different runs span orders of magnitude.",
                        f"{bench} gradient variance bars", "gradvarbars")
 
 
