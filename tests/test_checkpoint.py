@@ -194,3 +194,119 @@ def test_eval_reader_leaves_the_optimiser_state_on_disk(tmp_path):
     _evict(path)
     assert float(read_checkpoint(path)["opt_g"]["state"][0]["exp_avg"][0]) == 0.5
     assert _resident_fraction(path, offset, length) > 0.9  # the method sees a full read
+
+
+def test_finishing_a_resumed_run_reads_the_state_once_and_links_the_final_file(tmp_path, monkeypatch):
+    """The only full read of a checkpoint is the resume itself; finishing (the final checkpoint.pt)
+    reads nothing again: it is a hard link of the last numbered checkpoint."""
+    torch.manual_seed(0)
+    run = tmp_path / "run"
+
+    def latents(n, rng):
+        return torch.randn(n, 2, generator=rng), None
+
+    def go(stop_after=None):
+        return distill(run, teacher=ring_gmm(), generator=MLPGenerator(2, 8, 2), student=mlp_denoiser(2, 8, 2),
+                       sample_latents=latents, em=EMConfig(num_steps=2),
+                       train=TrainConfig(iterations=4, batch_size=8, score_updates=1, checkpoint_every=2, log_every=1),
+                       progress=False, stop_after=stop_after)
+
+    go(stop_after=2)
+    assert not (run / "checkpoint.pt").exists()
+    loads = []
+    real_load = torch.load
+    monkeypatch.setattr(C.torch, "load", lambda *a, **k: loads.append(k.get("mmap", False)) or real_load(*a, **k))
+    go()
+    io = CheckpointIO(run)
+    assert loads == [False]  # the resume from ckpt 2; none when publishing ckpt 4
+    assert os.path.samefile(io.final, io.path(4))
+
+
+def test_checkpoint_bytes_is_the_file_size(tmp_path):
+    """checkpoint_bytes (7 copies: generator, EMA, Adam's 2 moments; student, its 2 moments) against a
+    real run's file: it accounts for every tensor byte, the rest is a few KB of records and logs."""
+    torch.manual_seed(0)
+    gen, student = MLPGenerator(2, 256, 2), mlp_denoiser(2, 192, 2)
+    est = C.checkpoint_bytes(C.module_bytes(gen), C.module_bytes(student))
+    g_params = sum(p.numel() for p in gen.parameters()) * 4
+    s_params = sum(p.numel() for p in student.parameters()) * 4
+    assert est >= 4 * g_params + 3 * s_params and est > 1_000_000
+
+    def latents(n, rng):
+        return torch.randn(n, 2, generator=rng), None
+
+    distill(tmp_path / "run", teacher=ring_gmm(), generator=gen, student=student, sample_latents=latents,
+            em=EMConfig(num_steps=1), train=TrainConfig(iterations=1, batch_size=4, score_updates=1, log_every=1),
+            progress=False)
+    size = (tmp_path / "run" / "checkpoint.pt").stat().st_size
+    assert est <= size <= est + 64_000, (est, size)
+    # on the meta device: the same numbers with nothing allocated
+    with torch.device("meta"):
+        meta_gen = MLPGenerator(2, 256, 2)
+    assert C.module_bytes(meta_gen) == C.module_bytes(gen)
+
+
+def _max_rss_after(code: str) -> int:
+    """Peak RSS (KB) of a fresh interpreter that runs ``code`` after importing torch and mct."""
+    import subprocess
+    import sys
+
+    # VmHWM: the peak of this process's own memory (ru_maxrss would carry over the forking parent's)
+    prog = ("import torch, mct.checkpoint as C\n" + code + "\nprint([ln.split()[1] for ln in "
+            "open('/proc/self/status') if ln.startswith('VmHWM')][0])")
+    env = {**os.environ, "PYTHONPATH": str(Path(C.__file__).parents[1])}
+    out = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, env=env, check=True, timeout=300)
+    return int(out.stdout.split()[-1])
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM from /proc (Linux)")
+def test_eval_reader_does_not_materialise_the_optimiser_state(tmp_path):
+    """A checkpoint whose optimiser state is 256 MB: evaluation's reader peaks at about the process's
+    baseline (the 4 MB of weights), a full read at the baseline plus the 256 MB."""
+    path = tmp_path / "big.pt"
+    big = torch.zeros(64 * 2**20)  # 256 MB of Adam moment
+    ema = {"w": torch.ones(2**20)}  # 4 MB of EMA weights
+    torch.save(state(3, opt_g={"state": {0: {"exp_avg": big}}, "param_groups": []}, generator_ema=ema), path)
+    del big
+    base = _max_rss_after("pass")
+    ev = _max_rss_after(f"s = C.read_for_eval({str(path)!r}); assert set(s) == set(C.EVAL_KEYS) | {{'generator_ema'}}")
+    full = _max_rss_after(f"s = C.read_checkpoint({str(path)!r}); assert s['opt_g']['state'][0]['exp_avg'].numel() > 0")
+    mb = 1024
+    print(f"peak RSS over the baseline: read_for_eval {(ev - base) / mb:.0f} MB, full read {(full - base) / mb:.0f} MB")
+    assert full - base > 200 * mb  # the measurement sees a full read
+    assert ev - base < 40 * mb, (base, ev, full)
+
+
+def test_paper_configs_disk_table_is_current_and_config_check_prints_it(capsys, monkeypatch):
+    """The docs table of checkpoint disk is the output of its command (not hand-typed); EDM-64's
+    count is EDM's 295,899,267 parameters; `mct config check` prints one line per benchmark."""
+    from mct.cli import main
+    from mct.pipeline.disk import GB, bench_disk, markdown_table
+    from mct.root import load_root
+
+    repo = Path(__file__).resolve().parents[1]
+    configs = ["config/imagenet64.yaml", "config/imagenet128.yaml", "config/sd15.yaml"]
+    monkeypatch.chdir(repo)
+    table = markdown_table(configs)
+    docs = (repo / "docs" / "benchmarks.md").read_text()
+    committed = docs.split("<!-- disk-table: begin -->\n")[1].split("<!-- disk-table: end -->")[0]
+    assert committed == table, "docs/benchmarks.md disk table is stale: python -m mct.pipeline.disk --markdown " + " ".join(configs)
+    _, raw = load_root(repo / "config" / "imagenet64.yaml")
+    d = bench_disk("imagenet64", raw["benchmarks"]["imagenet64"])
+    assert d.params == 295_899_267 and d.variants == 6 and d.kept == 3
+    assert 7 * 4 * d.params <= d.checkpoint_bytes < 7 * 4 * d.params + 10_000  # 7 copies (+ a few buffers)
+    assert d.total_bytes == 6 * 3 * d.checkpoint_bytes and 149 < d.total_bytes / GB < 150
+    assert main(["config", "check", "--config", str(repo / "config" / "default.yaml")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].endswith("ok (toy2d, digits, digits-text)") and len(out) == 4
+    assert all("not estimated" in line for line in out[1:])
+
+
+def test_config_check_names_a_network_it_cannot_size_in_one_line(tmp_path):
+    """adm_flags that no ADM network fits: the config check still answers, naming why there is no estimate."""
+    from mct.pipeline.disk import disk_lines
+
+    raw = {"benchmarks": {"imagenet128": {"teacher": {"kind": "openai-adm", "adm_flags": {"num_channels": 100}},
+                                          "variants": {"mct": {}}}}}
+    [line] = disk_lines(raw)
+    assert line.startswith("imagenet128: disk not estimated") and "num_groups" in line and "\n" not in line

@@ -77,11 +77,15 @@ def ddp(tmp_path_factory):
     weights = torch_save(tmp / "features.pt", features_checkpoint(feature_net))
     cfg = _write_config(tmp / "ddp.yaml", tmp / "ddp")
     cfg_resume = _write_config(tmp / "resume.yaml", tmp / "resume")
+    cfg_limit = _write_config(tmp / "limit.yaml", tmp / "limit")
     base = ["--bench", "toy2d", "--no-progress"]
     spec = {
         "cli": {"mct": ["distill", "--config", cfg, "--variant", "mct", *base],
                 "acc": ["distill", "--config", cfg, "--variant", "acc", *base],
                 "resume": ["distill", "--config", cfg_resume, "--variant", "mct", "--resume", *base],
+                # a time limit already passed: both ranks stop after iteration 1, then the rerun finishes
+                "limit": ["distill", "--config", cfg_limit, "--variant", "mct", "--time-limit", "0.0001", *base],
+                "limit_rerun": ["distill", "--config", cfg_limit, "--variant", "mct", *base],
                 "odd": ["distill", "--config", cfg, "--variant", "odd", *base]},
         "fid": {"weights": str(weights), "n": 101, "n_ref": 120, "batch": 16, "seed": 5, "ref_seed": 6,
                 "ref_shift": 0.4},
@@ -136,6 +140,16 @@ def test_resume_on_another_number_of_ranks(ddp):
     assert _max_diff(a, b) < 1e-5, _max_diff(a, b)
     kept = sorted(p.name for p in (ddp["tmp"] / "resume" / "toy2d" / "runs" / "mct" / "checkpoints").glob("*.pt"))
     assert kept == ["ckpt-00000003.pt", "ckpt-00000006.pt"]
+
+
+def test_ranks_stop_together_at_a_time_limit_and_the_rerun_resumes(ddp):
+    r0, r1 = ddp["ranks"]
+    assert r0["rc_limit"] == r1["rc_limit"] == 75
+    assert r0["rc_limit_rerun"] == r1["rc_limit_rerun"] == 0
+    assert ddp["stderr"].count("stopped before its time limit after iteration 1 of 6") == 2  # one line per rank
+    a = _ckpt(ddp["ref"].run_dir("toy2d", "mct") / "checkpoint.pt")
+    b = _ckpt(ddp["tmp"] / "limit" / "toy2d" / "runs" / "mct" / "checkpoint.pt")
+    assert b["iteration"] == 6 and _max_diff(a, b) < 1e-5, _max_diff(a, b)
 
 
 def test_rank0_only_outputs_and_clear_errors(ddp):

@@ -204,3 +204,40 @@ def test_cli_wiring(tmp_path, capsys):
     assert main(["distill", "--config", str(path), "--bench", "imagenet64", "--variant", "mct"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "absent.pkl" in err[-1] and "teacher fetch" in err[-1]
+
+
+def test_local_reference_is_checked_first_and_recorded_as_ref_path(tmp_path, monkeypatch):
+    """eval.ref_path (offline clusters): a missing one fails evaluation before the generator is
+    loaded (one error naming the key); a present one is what metrics.json records, not ref_url."""
+    from mct.benchmarks.imagenet import ImageNet
+
+    pkl = write_edm_pickle(tmp_path / "local.pkl", tiny_edm_net(), tmp_path / "marker")
+    ref = tmp_path / "my-ref.npz"
+    ctx = RunContext(results_dir=tmp_path / "results", device="cpu", progress=False)
+    bench = get_benchmark("imagenet64")
+    with LoopbackServer() as server:
+        section = _section(server, tmp_path, "/never.pkl", {"teacher": {"path": str(pkl)},
+                                                            "eval": {"ref_path": str(ref), "seeds": [0]},
+                                                            "train": {"iterations": 1}})
+        loads = []
+        original = ImageNet.load_generator
+        monkeypatch.setattr(ImageNet, "load_generator", lambda *a, **k: loads.append(1) or original(*a, **k))
+        with pytest.raises(MCTError, match=rf"missing: reference statistics {ref} \(eval.ref_path, or `mct teacher "
+                                           r"fetch --bench imagenet64`\)"):
+            bench.evaluate(section, ctx, variant="mct")
+        with pytest.raises(MCTError, match="eval.ref_path"):
+            bench.teacher_eval(section, ctx)
+        assert loads == []
+        ref.write_bytes(_ref_npz())
+        bench.teacher_fetch(section, ctx)
+        bench.distill(section, ctx, variant="mct")
+        import mct.checkpoint as C
+
+        reads, real_load = [], torch.load
+        monkeypatch.setattr(C.torch, "load", lambda *a, **k: reads.append(k.get("mmap")) or real_load(*a, **k))
+        m = bench.evaluate(section, ctx, variant="mct")
+        assert reads == [True]  # one memory-mapped read of the run (the optimiser states stay on disk)
+        assert server.requests == []  # neither the teacher nor the reference was downloaded
+    assert loads == [1] and m.notes["reference"] == str(ref)
+    text = (ctx.run_dir("imagenet64", "mct") / "metrics.json").read_text()
+    assert str(ref) in text and server.url("/ref.npz") not in text

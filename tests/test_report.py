@@ -29,28 +29,66 @@ import numpy as np
 import pytest
 
 from mct.errors import MCTError
-from mct.records import (AuxMetrics, BenchRecord, Claim, Interval, CorrectionMetrics, CurvePoint, EMOverhead, Memory,
-                         MixtureTeacher, Provenance, RunMetrics, Scores, Speed, Summary, SummaryRow, TeacherMetrics,
-                         TeacherRow, read_record, write_record)
+from mct.records import (AuxMetrics, BenchRecord, Claim, Comparison, Interval, CorrectionMetrics, CurvePoint, EMOverhead,
+                         Memory, MixtureTeacher, Provenance, RunMetrics, Scores, SeedRun, Speed, Summary, SummaryRow,
+                         TeacherMetrics, TeacherRow, read_record, write_record)
+from mct import stats
 from mct.report.browser import check_page, find_chromium
 from mct.report.build import build_report
 from mct.report.tables import fmt_auto, fmt_duration, number_cell
 
 REPO = Path(__file__).resolve().parents[1]
-VARIANTS = ["mct", "no-reparam", "no-nc", "random-init", "k1", "k2", "k4", "k8", "k16"]
-K_OF = {"mct": 8, "no-reparam": 8, "no-nc": 8, "random-init": 8, "k1": 1, "k2": 2, "k4": 4, "k8": 8, "k16": 16}
+VARIANTS = ["mct", "no-reparam", "no-nc", "random-init", "k1", "k2", "k4", "k16"]
+TOY_VARIANTS = VARIANTS + ["k16-zfrozen", "k1-zmoving"]
+K_OF = {"mct": 8, "no-reparam": 8, "no-nc": 8, "random-init": 8, "k1": 1, "k2": 2, "k4": 4, "k16": 16, "k16-zfrozen": 16,
+        "k1-zmoving": 1}
+# training seeds per variant (the first seed's scores are RunMetrics.scores); k2 and k4 ran one seed
+N_SEEDS = {"mct": 3, "no-reparam": 3, "no-nc": 3, "random-init": 3, "k1": 3, "k16": 3, "k16-zfrozen": 2, "k1-zmoving": 2}
+JITTER = [0.0, 0.006, -0.004, 0.003, -0.005]  # relative seed-to-seed change of every metric
+COUNTS = ("modes_covered", "num_modes", "classes_covered", "class_entropy_max")
 PROV = Provenance(commit="0123456789abcdef0123456789abcdef01234567", dirty=False, config_hash="feedfacecafebeef",
                   packages={"torch": "2.14.1"}, created="2026-11-30T10:00:00+00:00")
-# digits: k8 repeats mct's setting with another seed (the seed-to-seed spread is |5.31 - 5.29| = 0.02)
 DIGITS_FID = {"mct": 5.31, "no-reparam": 6.02, "no-nc": 5.77, "random-init": 38.9, "k1": 9.85, "k2": 7.1, "k4": 5.6,
-              "k8": 5.29, "k16": 5.12}
+              "k16": 5.12}
 
 
 def settings(v: str) -> dict:
     k = K_OF[v]
     return {"K": k, "reparam": v != "no-reparam", "noise_cancel": v != "no-nc",
             "init": "random" if v == "random-init" else "teacher", "gamma_eps": 0.1,
-            "gamma_z": 0.0 if k == 1 else 0.05, "seed": 1 if v == "k8" else 0}
+            "gamma_z": 0.05 if v == "k1-zmoving" else (0.0 if k == 1 or v == "k16-zfrozen" else 0.05), "seed": 0}
+
+
+def seed_runs(v: str, metrics: dict, curve: list | None = None) -> list[SeedRun]:
+    """The variant's training seeds: seed 0 has ``metrics`` exactly, seed i every metric moved by JITTER[i]."""
+    out = []
+    for i in range(N_SEEDS.get(v, 1)):
+        m = {k: (x if k in COUNTS else x * (1 + JITTER[i])) for k, x in metrics.items()}
+        m.update({k: min(1.0, m[k]) for k in ("precision", "recall") if k in m})
+        c = [CurvePoint(iteration=p.iteration, fid=p.fid * (1 + JITTER[i])) for p in (curve or [])]
+        out.append(SeedRun(seed=i, scores=Scores(m), iterations=600, train_seconds=100.0, fid_curve=c))
+    return out
+
+
+def summary_of(bench: str, runs: dict[str, RunMetrics], claims=(), comparisons=()) -> Summary:
+    """What ``mct summarize`` writes: per variant the means and intervals over its seeds (mct.stats)."""
+    rows = []
+    for v, r in runs.items():
+        st = {m: stats.interval([s.scores.metrics[m] for s in r.seeds]) for m in r.seeds[0].scores.metrics}
+        rows.append(SummaryRow(variant=v, nfe=1, settings=r.settings, metrics={m: i.mean for m, i in st.items()},
+                               seeds=[s.seed for s in r.seeds], stats=st))
+    return Summary(bench=bench, rows=rows, provenance=PROV, claims=list(claims), comparisons=list(comparisons))
+
+
+def claim_of(claim: str, runs: dict, variant: str, baseline: str, metric: str, better: str) -> tuple[Claim, Comparison]:
+    """A claim decided as summarize decides it: the paired interval of variant - baseline, mct.stats.verdict."""
+    a = {s.seed: s.scores.metrics[metric] for s in runs[variant].seeds}
+    z = {s.seed: s.scores.metrics[metric] for s in runs[baseline].seeds}
+    diff, paired, seeds = stats.difference(a, z)
+    basis = f"{variant} - {baseline}, {len(seeds)} seeds"
+    return (Claim(claim=claim, verdict=stats.verdict(diff, better), metric=metric, better=better, basis=basis, diff=diff,
+                  values={variant: sum(a.values()) / len(a), baseline: sum(z.values()) / len(z)}),
+            Comparison(variant=variant, baseline=baseline, metric=metric, diff=diff, paired=paired, seeds=seeds))
 
 
 # --- a results tree of records ----------------------------------------------------------
@@ -95,7 +133,32 @@ def _train_log(run: Path, rng, noisy: bool, iters: int = 600) -> None:
     _bytes(run / "train_log.csv", ("\n".join(lines) + "\n").encode())
 
 
-def make_results(root: Path, benches=("toy2d", "digits", "digits-text")) -> tuple[Path, dict]:
+# a family of toy mixtures (toy2d-<suffix>, found on disk): mode-mass TV of K = 1 and K = 16 per seed,
+# chosen so that "more K covers more modes" holds on grid9, is reversed on two, inconclusive on ring16
+TOY_FAMILY = {"toy2d-grid9": ([0.12, 0.125, 0.118], [0.04, 0.042, 0.039]),
+              "toy2d-two": ([0.05, 0.051, 0.049], [0.08, 0.082, 0.079]),
+              "toy2d-ring16": ([0.10, 0.11, 0.09], [0.095, 0.075, 0.115])}
+
+
+def toy_family(res: Path, name: str, tvs: tuple[list[float], list[float]]) -> None:
+    """One mixture of the family: its exact teacher row, k1 and k16 with three seeds, summarize's claim."""
+    write_record(res / name / "teacher.json", MixtureTeacher(bench=name, means=[[0.0, 0.0], [4.0, 0.0]], stds=[0.25] * 2,
+                                                             weights=[0.9, 0.1], provenance=PROV))
+    write_record(TeacherMetrics.path(res, bench=name), TeacherMetrics(
+        bench=name, provenance=PROV, sampler="exact", rows=[TeacherRow(nfe=0, sampler="exact", scores=Scores(
+            {"mode_mass_tv": 0.004, "off_mode_mass": 0.011, "min_mode_recall": 0.98, "logp_gap": 0.0}))]))
+    runs = {}
+    for v, tv in zip(("k1", "k16"), tvs):
+        seeds = [SeedRun(seed=i, scores=Scores({"mode_mass_tv": x, "off_mode_mass": 2 * x, "min_mode_recall": 1 - x,
+                                                "logp_gap": 10 * x})) for i, x in enumerate(tv)]
+        runs[v] = RunMetrics(bench=name, variant=v, nfe=1, scores=seeds[0].scores, settings=settings(v), provenance=PROV,
+                             seeds=seeds)
+        write_record(RunMetrics.path(res, bench=name, variant=v), runs[v])
+    claim, cmp = claim_of("more K covers more modes (K = 16 vs K = 1)", runs, "k16", "k1", "mode_mass_tv", "lower")
+    write_record(Summary.path(res, bench=name), summary_of(name, runs, [claim], [cmp]))
+
+
+def make_results(root: Path, benches=("toy2d", "toy2d-family", "digits", "digits-text")) -> tuple[Path, dict]:
     """Write a results tree of records for toy2d, digits and digits-text, speed records, and
     return (results_dir, raw config). ``benches`` keeps only those (files and config)."""
     rng = np.random.default_rng(0)
@@ -121,7 +184,8 @@ def make_results(root: Path, benches=("toy2d", "digits", "digits-text")) -> tupl
             bench="toy2d", provenance=PROV, sampler="exact", reference="exact samples (eval.seed)",
             rows=[TeacherRow(nfe=0, nfe_measured=0, sampler="exact", num_samples=3000, sample_seconds=0.001,
                              scores=Scores.from_flat(exact))]))
-        for v in VARIANTS:
+        toy_runs = {}
+        for v in TOY_VARIANTS:
             k = K_OF[v]
             temp = {1: 6.0, 2: 2.0, 4: 1.2}.get(k, 1.0) if v != "random-init" else 1.4
             p = w ** temp / (w ** temp).sum()
@@ -140,9 +204,17 @@ def make_results(root: Path, benches=("toy2d", "digits", "digits-text")) -> tupl
                                      "energy_distance": round(tv * 0.3 + 0.002, 5), **{k: hard[k] for k in new}},
                             mode_mass=[round(float(a), 5) for a in mass], true_mode_weight=[round(float(a), 5) for a in w],
                             mode_recall=hard["mode_recall"])
-            write_record(RunMetrics.path(res, bench="toy2d", variant=v), RunMetrics(
+            toy_runs[v] = RunMetrics(
                 bench="toy2d", variant=v, nfe=1, scores=scores, settings=settings(v), provenance=PROV,
-                num_samples=3000, iterations=600, train_seconds=round(40 + 6 * k, 3), sample_seconds=0.01))
+                num_samples=3000, iterations=600, train_seconds=round(40 + 6 * k, 3), sample_seconds=0.01,
+                seeds=seed_runs(v, scores.metrics))
+            write_record(RunMetrics.path(res, bench="toy2d", variant=v), toy_runs[v])
+        claim, cmp = claim_of("more K covers more modes (K = 16 vs K = 1)", toy_runs, "k16", "k1", "mode_mass_tv",
+                              "lower")
+        write_record(Summary.path(res, bench="toy2d"), summary_of("toy2d", toy_runs, [claim], [cmp]))
+        for name, tvs in TOY_FAMILY.items():
+            if "toy2d-family" in benches:
+                toy_family(res, name, tvs)
     if "digits" in benches:
         floor = Scores({"fid": 1.12, "kid_mean": 0.0002, "kid_std": 0.0001})
         rows = [TeacherRow(nfe=n, nfe_measured=n, sample_seconds=10.0 * n, num_samples=2000,
@@ -157,6 +229,7 @@ def make_results(root: Path, benches=("toy2d", "digits", "digits-text")) -> tupl
         write_record(AuxMetrics.path(res, bench="digits", net="features"), AuxMetrics(
             bench="digits", net="features", provenance=PROV, train_seconds=35.2, real_floor=floor,
             metrics={"heldout_accuracy": 0.9833, "train_accuracy": 0.999, "params": 52000.0}))
+        digit_runs = {}
         for v in VARIANTS:
             k, fid = K_OF[v], DIGITS_FID[v]
             # class histograms that differ only in the fourth decimal of their entropy (2.3002 .. 2.3012)
@@ -172,10 +245,13 @@ def make_results(root: Path, benches=("toy2d", "digits", "digits-text")) -> tupl
                             class_hist=[round(float(h), 6) for h in hist])
             curve = [CurvePoint(iteration=it, fid=round(fid + 40 * math.exp(-it / 150), 3)) for it in range(100, 601, 100)]
             run = res / "digits/runs" / v
-            write_record(RunMetrics.path(res, bench="digits", variant=v), RunMetrics(
+            if v == "no-reparam":  # the collapse the report has to state
+                scores.metrics.update(precision=1.0, recall=0.0)
+            digit_runs[v] = RunMetrics(
                 bench="digits", variant=v, nfe=1, scores=scores, settings=settings(v), provenance=PROV,
                 num_samples=2000, iterations=600, train_seconds=round(300 + 30 * k, 1), sample_seconds=0.4,
-                fid_curve=curve))
+                fid_curve=curve, seeds=seed_runs(v, scores.metrics, curve))
+            write_record(RunMetrics.path(res, bench="digits", variant=v), digit_runs[v])
             _bytes(run / "samples.png", _digit_grid(rng, noise=0.1 + fid / 100))
             _train_log(run, rng, noisy=(v == "no-nc"))
         corr = res / "digits/runs/mct/correct"
@@ -183,16 +259,19 @@ def make_results(root: Path, benches=("toy2d", "digits", "digits-text")) -> tupl
         _bytes(corr / "after.png", _digit_grid(rng, noise=0.05))
         write_record(CorrectionMetrics.path(res, bench="digits", variant="mct"), CorrectionMetrics(
             bench="digits", variant="mct", steps=300, sigma=0.2, gamma_eps=0.05, gamma_z=0.02, num_samples=2000,
-            seconds=14.2, before=Scores({"fid": 5.31, "kid_mean": 0.0027, "precision": 0.75}),
-            after=Scores({"fid": 4.92, "kid_mean": 0.0031, "precision": 0.78}),
+            seconds=14.2, before=Scores({"fid": 5.31, "kid_mean": 0.0027, "kid_std": 0.0004, "precision": 0.75}),
+            after=Scores({"fid": 4.92, "kid_mean": 0.0031, "kid_std": 0.0006, "precision": 0.78}),
             generator_at_z_K=Scores({"fid": 5.05, "kid_mean": 0.0029, "precision": 0.76}), provenance=PROV,
             z_moved_rms=0.31, image_moved_rms=0.12))
-        write_record(Summary.path(res, bench="digits"), Summary(
-            bench="digits", provenance=PROV, rows=[SummaryRow(variant="mct", nfe=1, metrics={"fid": 5.31})],
-            claims=[Claim(claim="one-step mct FID <= teacher FID at 35 NFE", verdict="reversed", metric="fid",
-                          basis="mct - teacher, 3 seeds", diff=Interval(mean=1.13, n=3, std=0.2, lo=0.63, hi=1.63)),
-                    Claim(claim="mct beats k1 (reverse KL) on FID", verdict="holds", metric="fid",
-                          basis="mct - k1, paired over 3 seeds", diff=Interval(mean=-4.54, n=3, std=0.5, lo=-5.78, hi=-3.3))]))
+        beats_k1, cmp = claim_of("mct beats k1 (reverse KL) on FID", digit_runs, "mct", "k1", "fid", "lower")
+        nc, cmp_nc = claim_of("noise cancellation lowers FID", digit_runs, "no-nc", "mct", "fid", "higher")
+        claims = [Claim(claim="one-step mct FID <= teacher FID at 35 NFE", verdict="reversed", metric="fid",
+                        basis="mct - teacher, 3 seeds", diff=Interval(mean=1.13, n=3, std=0.2, lo=0.63, hi=1.63)),
+                  beats_k1, nc,
+                  Claim(claim="reparametrisation beats (x, z) sampling", verdict="inconclusive", metric="fid",
+                        better="higher", basis="no-reparam - mct, 3 seeds",
+                        diff=Interval(mean=0.1, n=3, std=0.3, lo=-0.65, hi=0.85))]
+        write_record(Summary.path(res, bench="digits"), summary_of("digits", digit_runs, claims, [cmp, cmp_nc]))
         write_record(BenchRecord.path(res, bench="digits"), BenchRecord(
             bench="digits", device="cpu", device_name="test CPU", provenance=PROV, batch_size=256, wall_seconds=18.2,
             student=Speed(name="student (one step)", nfe=1, images_per_s=6930.0, ms_per_batch=36.9, batch_size=256),
@@ -222,9 +301,9 @@ def make_results(root: Path, benches=("toy2d", "digits", "digits-text")) -> tupl
             bench="digits-text", device="cpu", provenance=PROV, skipped="text-conditioned benchmark: not measured"))
     variants = {v: {} for v in VARIANTS}
     raw = {"results_dir": str(res), "device": "cpu",
-           "benchmarks": {"toy2d": {"variants": variants, "train": {"seed": 0}, "eval": {"seed": 1234}},
+           "benchmarks": {"toy2d": {"variants": {v: {} for v in TOY_VARIANTS}, "train": {"seed": 0}, "eval": {"seed": 1234}},
                           "digits": {"variants": variants, "train": {"seed": 0}},
-                          "digits-text": {"variants": {"mct": {}, "k1": {}}}},
+                          "digits-text": {"variants": {"mct": {}, "k1": {}}, "eval": {"grid": 100}}},
            "report": {"strict": True}}
     raw["benchmarks"] = {k: v for k, v in raw["benchmarks"].items() if k in benches}
     _as_the_stages_leave_it(res, raw)
@@ -251,7 +330,8 @@ def _as_the_stages_leave_it(res: Path, raw: dict) -> None:
         stage = STAGE_OF.get(kind) or (rec.get("net") if kind == "aux_metrics" else None)
         if stage is None:
             continue
-        if kind in ("run_metrics", "correction_metrics") and rec["variant"] in raw["benchmarks"][rec["bench"]]["variants"]:
+        if kind in ("run_metrics", "correction_metrics") and rec["variant"] in \
+                (raw["benchmarks"].get(rec["bench"]) or {}).get("variants", {}):
             bench = get_benchmark(rec["bench"])
             rec["provenance"]["config_hash"] = bench.run_hash(bench.parse(raw["benchmarks"][rec["bench"]], rec["variant"]))
             path.write_text(json.dumps(rec))
@@ -377,6 +457,17 @@ def _figure_caption(html: str, kind: str, bench: str = "") -> str:
     raise AssertionError(f"no {kind} figure for {bench!r}")
 
 
+def expected_interval(values: list[float], spec: str) -> str:
+    """'mean [lo, hi], n seeds' computed here from the values (numpy, scipy's t), not by mct.stats."""
+    from scipy.stats import t as student
+
+    x = np.asarray(values, float)
+    if x.std() == 0:
+        return f"{spec.format(x.mean())}, the same in all {len(x)} seeds"
+    half = student.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))
+    return f"{spec.format(x.mean())} [{spec.format(x.mean() - half)}, {spec.format(x.mean() + half)}], {len(x)} seeds"
+
+
 # --- static checks -----------------------------------------------------------------
 
 def test_report_written_where_asked_and_atomically(report, tree):
@@ -403,7 +494,7 @@ def test_self_contained_no_network_no_scripts(report):
 
 def test_six_sections(report):
     _, html = report
-    for sid in ("summary", "main", "ablations", "modes", "samples", "speed"):
+    for sid in ("summary", "main", "ablations", "modes", "samples", "speed"):  # (+ covering with a toy2d family)
         assert f'<section id="{sid}">' in html
     assert "ALGORITHM.md" not in html
 
@@ -438,22 +529,83 @@ def test_measured_rows_embedded_tasks(report):
     fid_col = header.index("FID \u2193")
     assert [row_of(dg, f"Teacher, {n} NFE")[fid_col] for n in (7, 15, 35)] == ["21.37", "6.42", "4.18"]
     mct = row_of(dg, "MCT one-step student")
-    assert mct[fid_col] == "5.31" and mct[header.index("NFE")] == "1"
-    assert mct[header.index("KID\u00d710\u00b3 \u2193")] == f"{round(5.31 / 2000, 5) * 1e3:.2f} \u00b1 0.50"  # both x 1e3
-    assert row_of(dg, "K = 1 baseline")[fid_col] == "9.85"
+    assert mct[fid_col] == expected_interval([5.31 * (1 + j) for j in JITTER[:3]], "{:.2f}")
+    assert mct[header.index("NFE")] == "1"
+    kid = [round(5.31 / 2000, 5) * 1e3 * (1 + j) for j in JITTER[:3]]  # KID x 10^3: mean and interval alike
+    assert mct[header.index("KID\u00d710\u00b3 \u2193")] == expected_interval(kid, "{:.2f}")
+    assert row_of(dg, "Teacher, 35 NFE")[header.index("KID\u00d710\u00b3 \u2193")] == "2.20 \u00b1 0.40"  # std x 10^3 too
+    k1 = row_of(dg, "K = 1 baseline")
+    assert k1[fid_col] == expected_interval([9.85 * (1 + j) for j in JITTER[:3]], "{:.2f}")
     assert "held-out accuracy 0.983" in html and "FID floor (two disjoint sets of real images): 1.12" in html
-    assert mct[header.index("Class accuracy \u2191")] == "0.847"
-    claims = t["claims-digits"]
-    assert row_of(claims, "one-step mct FID")[-1] == "reversed" and row_of(claims, "mct beats k1")[-1] == "holds"
-    assert row_of(claims, "mct beats k1")[1] == "-4.54 [-5.78, -3.30]"
+    acc = round(0.9 - 5.31 / 100, 4)
+    assert mct[header.index("Class accuracy \u2191")] == expected_interval([acc * (1 + j) for j in JITTER[:3]], "{:.3f}")
     txt = t["main-digits-text"]
     clip_col = txt[0].index("CLIP score \u2191")
-    assert row_of(txt, "MCT one-step student")[clip_col] == "27.60"
+    assert row_of(txt, "MCT one-step student")[clip_col] == "27.60, 1 seed"  # no interval for one seed
     assert row_of(txt, "Teacher, 35 NFE")[clip_col] == "27.81"
     assert "zero shot accuracy 0.931" in html
     assert "Mode-mass TV \u2193" in t["main-toy2d"][0]
     cap = _figure_caption(html, "nfe", "digits")
-    assert "21.37 at 7 NFE, 4.18 at 35 NFE" in cap and "mct in one step: 5.31, 1.27\u00d7 the teacher's best" in cap
+    assert "21.37 at 7 NFE, 4.18 at 35 NFE" in cap
+    assert "mct in one step: 5.31 [5.25, 5.38] over 3 seeds, 1.27\u00d7 the teacher's best (above it)" in cap
+
+
+@pytest.mark.skipif(not SYNTHETIC, reason="checks the written tree's values")
+def test_claims_table_shows_interval_basis_and_a_verdict_styled_apart(report):
+    _, html = report
+    claims = parse(html).tables["claims-digits"]
+    hdr = claims[0]
+    assert hdr == ["Claim", "Metric", "Difference", "Seeds, test", "Basis", "Verdict"]
+    k1 = row_of(claims, "mct beats k1")
+    diffs = [5.31 * (1 + j) - 9.85 * (1 + j) for j in JITTER[:3]]  # paired: per seed
+    assert k1[2] == expected_interval(diffs, "{:.2f}").rsplit(", 3 seeds", 1)[0] and k1[-1] == "holds"
+    assert k1[3] == "paired over 3 seeds (mct \u2212 k1)" and k1[1] == "FID \u2193; claimed difference < 0"
+    assert row_of(claims, "noise cancellation lowers FID")[1] == "FID \u2193; claimed difference > 0"
+    assert row_of(claims, "one-step mct FID")[-1] == "reversed"
+    assert row_of(claims, "one-step mct FID")[2] == "1.13 [0.63, 1.63]"
+    assert row_of(claims, "one-step mct FID")[3] == "n = 3 (the basis says how)"  # no comparison record behind it
+    rep = row_of(claims, "reparametrisation beats")
+    assert rep[-1] == "inconclusive" and rep[2] == "0.10 [-0.65, 0.85]"
+    # each verdict has its own class: an inconclusive claim never looks like one that holds
+    cells = re.findall(r'<td class="verdict (claim-\w+)">(\w+)</td>', html)
+    assert ("claim-holds", "holds") in cells and ("claim-reversed", "reversed") in cells
+    assert ("claim-inconclusive", "inconclusive") in cells
+    assert all(cls == f"claim-{text}" for cls, text in cells)
+    assert ">yes<" not in re.search(r'data-table="claims-digits".*?</table>', html, re.S).group(0)
+
+
+@pytest.mark.skipif(not SYNTHETIC, reason="checks the written tree's values")
+def test_where_mode_covering_shows_side_by_side(report):
+    _, html = report
+    t = parse(html).tables["covering"]
+    assert t[0] == ["Claim", "toy2d", "toy2d-grid9", "toy2d-ring16", "toy2d-two"]  # every toy2d* bench, by its folder
+    row = row_of(t, "more K covers more modes")
+    assert [c.split(":")[0] for c in row[1:]] == ["holds", "holds", "inconclusive", "reversed"]
+    k1, k16 = TOY_FAMILY["toy2d-two"]
+    assert row[4] == "reversed: " + expected_interval([a - b for a, b in zip(k16, k1)], "{:.3f}")
+    cells = re.findall(r'<td class="verdict (claim-\w+)" title="k16 - k1, 3 seeds">(\w+):', html)
+    assert cells and all(cls == f"claim-{v}" for cls, v in cells)
+    sec = html_unescape(re.search(r'<section id="covering">(.*?)</section>', html, re.S).group(1))
+    assert ("\u201cmore K covers more modes (K = 16 vs K = 1)\u201d holds on toy2d, toy2d-grid9; is reversed on "
+            "toy2d-two; is inconclusive on toy2d-ring16.") in sec
+    assert "toy2d-ring16: not decided by the seeds: more K covers more modes" in sec
+    assert "2 modes, weights 0.1 to 0.9" in sec
+
+
+def test_covering_section_absent_with_one_mixture_and_sentences_follow_the_verdicts(tmp_path):
+    from mct.report.sections.covering import claim_sentence, is_toy, mixture_sentence
+
+    res, raw = make_results(tmp_path, benches=("toy2d",))
+    html = build_report(raw, RunContext(results_dir=res)).read_text()
+    assert '<section id="covering">' not in html and 'href="#covering"' not in html
+    assert re.findall(r"<h2>(\d+)\. ", html) == ["1", "2", "3", "4", "5", "6"]  # numbered as shown
+    assert is_toy("toy2d") and is_toy("toy2d-grid9") and not is_toy("toy2dx") and not is_toy("digits")
+    assert claim_sentence("c", {"a": "holds", "b": "holds"}) == "\u201cc\u201d holds on every mixture (a, b)."
+    assert claim_sentence("c", {"a": "reversed", "b": None}) == "\u201cc\u201d is reversed on a; was not tested on b."
+    up = Claim(claim="c", verdict="holds", metric="mode_mass_tv", diff=Interval(mean=-0.1, n=3, std=0.01, lo=-0.12, hi=-0.08))
+    down = Claim(claim="c", verdict="reversed", metric="mode_mass_tv", diff=Interval(mean=0.1, n=3, std=0.01, lo=0.08, hi=0.12))
+    assert mixture_sentence("m", [up]) == "m: holds: c (Mode-mass TV \u2193 difference -0.100 [-0.120, -0.080], 3 seeds)."
+    assert mixture_sentence("m", [down]) == "m: reversed: c (Mode-mass TV \u2193 difference 0.100 [0.080, 0.120], 3 seeds)."
 
 
 @pytest.mark.skipif(not SYNTHETIC, reason="checks the written tree's values")
@@ -461,19 +613,25 @@ def test_toy_tables_start_with_the_exact_reference_and_show_what_cannot_hide(rep
     path, html = report
     t = parse(html).tables
     exact = read_record(path.parent / "toy2d/teacher/metrics.json", TeacherMetrics).rows[0].scores.metrics
-    runs = {v: read_record(path.parent / f"toy2d/runs/{v}/metrics.json", RunMetrics).scores.metrics for v in ("mct", "k1")}
+    recs = {v: read_record(path.parent / f"toy2d/runs/{v}/metrics.json", RunMetrics) for v in ("mct", "k1")}
+    runs = {v: r.scores.metrics for v, r in recs.items()}
     cols = ["Off-mode mass \u2193", "Min mode recall \u2191", "Log-p gap (0 = exact)"]
-    want = lambda m: [f"{m['off_mode_mass']:.3f}", f"{m['min_mode_recall']:.3f}", f"{m['logp_gap']:+.3f}"]  # noqa: E731
+    specs = {"off_mode_mass": "{:.3f}", "min_mode_recall": "{:.3f}", "logp_gap": "{:+.3f}"}
+    want = lambda m: [spec.format(m[k]) for k, spec in specs.items()]  # noqa: E731
+    over_seeds = lambda r: [expected_interval([s.scores.metrics[k] for s in r.seeds], spec)  # noqa: E731
+                            for k, spec in specs.items()]
     main = t["main-toy2d"]
     assert main[1][0] == "Exact samples of the mixture (reference)"  # first, before every student
     assert [main[1][main[0].index(c)] for c in cols] == want(exact)
     assert main[1][main[0].index("NFE")] == "0" and main[1][-1] == "toy2d/teacher/metrics.json"
-    assert [row_of(main, "MCT one-step student")[main[0].index(c)] for c in cols] == want(runs["mct"])
-    assert [row_of(main, "K = 1 baseline")[main[0].index(c)] for c in cols] == want(runs["k1"])
-    assert row_of(main, "K = 1 baseline")[main[0].index("Min mode recall \u2191")] == "0.000"  # the collapse shows
+    assert [row_of(main, "MCT one-step student")[main[0].index(c)] for c in cols] == over_seeds(recs["mct"])
+    k1 = row_of(main, "K = 1 baseline")
+    assert k1[-1] == "toy2d/runs/k1/metrics.json" and "(k1," in k1[0]  # the baseline, not k1-zmoving (z moving)
+    assert [k1[main[0].index(c)] for c in cols] == over_seeds(recs["k1"])
+    assert k1[main[0].index("Min mode recall \u2191")].startswith("0.000")  # the collapse shows
     assert abs(exact["off_mode_mass"] - math.exp(-4.5)) < 0.01 and abs(exact["logp_gap"]) < 0.1
     abl = t["ablation-toy2d"]
-    assert abl[1][0] == "Exact samples of the mixture (reference)" and [r[0] for r in abl[2:]] == VARIANTS
+    assert abl[1][0] == "Exact samples of the mixture (reference)" and [r[0] for r in abl[2:]] == TOY_VARIANTS
     assert [abl[1][abl[0].index(c)] for c in cols] == want(exact)
     assert "Teacher, 0 NFE" not in html
     scatter = _figure_caption(html, "scatter", "toy2d")
@@ -485,12 +643,12 @@ def test_summary_tables(report):
     _, html = report
     t = parse(html).tables
     status = t["benchmarks"]
-    assert row_of(status, "digits")[-1] == "complete" and row_of(status, "digits")[5] == "9/9"
+    assert row_of(status, "digits")[-1] == "complete" and row_of(status, "digits")[5] == "8/8"
     assert row_of(status, "digits")[4] == "acc 0.983, FID floor 1.12"
     assert row_of(status, "toy2d")[3] == "exact (analytic)"
     assert row_of(status, "imagenet64")[-1] == "not run here"
     timing = t["timing"]
-    assert [r for r in timing if r[:2] == ["digits", "distill"]][0][2:] == ["9", "1 h 16 min"]  # 9 x 300 + 30 x sum(K) = 4590 s
+    assert [r for r in timing if r[:2] == ["digits", "distill"]][0][2:] == ["8", "1 h 07 min"]  # 8 x 300 + 30 x sum(K) = 4050 s
     assert [r for r in timing if r[:2] == ["digits", "teacher eval"]][0][2:] == ["3", "9 min 30 s"]  # 70+150+350 s
     assert [r for r in timing if r[:2] == ["digits", "correct"]][0][2:] == ["1", "14 s"]
     prov = dict((r[0], r[1]) for r in t["provenance"][1:])
@@ -500,8 +658,11 @@ def test_summary_tables(report):
     assert rec["commit 0123456789ab"] == f"{n_files} files" and "feedfacecafebeef" in rec["config hashes"]
     assert "torch" in dict((r[0], r[1]) for r in t["versions"][1:])
     seeds = dict((r[0], r[1]) for r in t["seeds"][1:])
-    assert seeds["benchmarks.toy2d.train.seed"] == "0" and seeds["digits: runs recorded"] == "0, 1"
-    assert "could not be used" not in html  # every configured run has its record; nothing else is 'expected'
+    assert seeds["benchmarks.toy2d.train.seed"] == "0" and seeds["digits: training seeds recorded"] == "0, 1, 2 (1 to 3 per variant)"
+    # a complete run raises no alarm: the report expects only what the config promises (a configured variant's
+    # metrics.json), not files a benchmark never writes (digits-text has no class histogram and no correction)
+    assert "could not be used" not in html and 'class="problems"' not in html and "expected file" not in html
+    assert 'class="placeholder"' not in html  # no sample grid shown as missing either
 
 
 @pytest.mark.skipif(not SYNTHETIC, reason="checks the written tree's values")
@@ -512,23 +673,46 @@ def test_ablations_from_settings_with_captions_from_numbers(report):
     assert [r[0] for r in abl[1:]] == VARIANTS
     changes = {r[0]: r[1] for r in abl[1:]}
     assert changes["mct"] == "main run" and changes["no-nc"] == "noise cancellation: off"
-    assert changes["k1"] == "K = 1, \u03b3_z = 0" and changes["k8"] == "seed = 1"
-    assert row_of(abl, "random-init")[abl[0].index("FID \u2193")] == "38.90"
+    assert changes["k1"] == "K = 1, \u03b3_z = 0 (z frozen)"
+    assert changes["k4"] == "K = 4, \u03b3_z = 0.05 as the main run (z moving)"
+    gz, k = abl[0].index("\u03b3_z"), abl[0].index("K")
+    assert (row_of(abl, "k1")[gz], row_of(abl, "mct")[gz], row_of(abl, "k16")[k]) == ("0", "0.050", "16")
+    toy = {r[0]: r for r in t["ablation-toy2d"][1:]}
+    assert toy["k1-zmoving"][1] == "K = 1, \u03b3_z = 0.05 as the main run (z moving)"
+    assert toy["k16-zfrozen"][1] == "K = 16, \u03b3_z = 0 (z frozen)"
+    fid = abl[0].index("FID \u2193")
+    assert row_of(abl, "random-init")[fid] == expected_interval([38.9 * (1 + j) for j in JITTER[:3]], "{:.2f}")
+    assert row_of(abl, "k2")[fid] == "7.10, 1 seed"  # one seed: said, no interval
+    note = abl[0].index("Note")
+    assert row_of(abl, "no-reparam")[note] == "collapsed"
+    assert "no-reparam: collapsed: precision 1.00, recall 0.00: its samples sit on the real data" in html
+    assert row_of(abl, "mct")[note] == "" and row_of(abl, "no-nc")[note] == ""
     cap = _figure_caption(html, "ablation", "digits")
-    assert "mct FID \u2193 5.31; no-reparam 6.02 (+0.71, worse); no-nc 5.77 (+0.46, worse)" in cap
-    assert "random-init 38.90 (+33.59, worse)" in cap and "Seed-to-seed difference of the main setting: 0.02" in cap
+    mct = expected_interval([5.31 * (1 + j) for j in JITTER[:3]], "{:.2f}")
+    assert f"mct FID \u2193 {mct}; no-reparam 6.02 (+0.71, paired, 3 seeds: worse)" in cap
     assert "Log axis for FID \u2193" in cap  # the random-init outlier is not allowed to flatten the other bars
     k = _figure_caption(html, "ksweep", "digits")
-    assert "FID \u2193: 9.85 at K = 1, 5.12 at K = 16 (best 5.12 at K = 16)" in k
-    assert "Class entropy \u2191" in k and "Axes start at 0" in k
+    assert "One run per K (k1, k2, k4, mct, k16)" in k  # one point per K: nothing averaged into a point
+    assert f"FID \u2193: {expected_interval([9.85 * (1 + j) for j in JITTER[:3]], '{:.2f}')} at K = 1" in k
+    assert "Lowest FID: K = 16" in k and "against K = 2, K = 4 it cannot be judged (one seed, no interval)" in k
+    assert "Seeds differ between points: K = 1 (k1) 3 seeds, K = 2 (k2) 1 seed" in k
+    assert "Class entropy: no difference beyond seed noise" in k and "Axes start at 0" in k
+    toyk = _figure_caption(html, "ksweep", "toy2d")
+    assert "One run per K (k1, k2, k4, mct, k16)" in toyk  # k1-zmoving and k16-zfrozen are not sweep points
     gm = t["gradvar-measured-digits"]
-    assert row_of(gm, "mct")[gm[0].index("Without / with NC")] == "3.40\u00d7"
-    assert row_of(gm, "no-nc")[gm[0].index("Var of its M-step gradient")] == "5.44"
+    assert row_of(gm, "mct")[gm[0].index("Without / with NC")] == "3.40\u00d7, 3 seeds"  # the same ratio in every seed
+    var = [(0.8 + 0.1 * 8) * 3.4 * (1 + j) for j in JITTER[:3]]
+    assert row_of(gm, "no-nc")[gm[0].index("Var of its M-step gradient")] == expected_interval(var, "{:.2f}")
+    assert row_of(gm, "k2")[gm[0].index("Var with NC (same chains)")] == "1.00, 1 seed"
+    assert "Cancellation lowers the variance beyond the seed interval in 6 of 8 runs; not shown beyond the interval " \
+           "(or one seed) in k2, k4." in html_unescape(html)
     grad = t["gradvar-digits"]
     cv = grad[0].index("CV")
     assert float(row_of(grad, "no-nc")[cv]) > float(row_of(grad, "mct")[cv])  # the written no-nc log is noisier
     curve = _figure_caption(html, "curve", "digits")
-    assert "mct 25.85 \u2192 6.04" in curve and "Log axis" in curve
+    assert "mct 25.86 \u2192 6.05 (lower at the end, beyond the 3 seeds' interval)" in curve
+    assert "k2 27.64 \u2192 7.83 (1 seed: no interval)" in curve
+    assert "random-init (" in curve and "in the right panel" in curve  # the outlier has its own panel
     toy = t["ablation-toy2d"]
     assert "Mode-mass TV \u2193" in toy[0] and "FID \u2193" not in toy[0]
 
@@ -541,15 +725,67 @@ def test_modes_and_samples_and_correction(report):
     k1, mct = row_of(classes, "k1"), row_of(classes, "mct")
     assert k1[classes[0].index("Largest class share")] == "0.104" and mct[classes[0].index("Largest class share")] == "0.102"
     cap = _figure_caption(html, "classhist", "digits")
-    assert "Largest class share: 0.104 (k1) to 0.102" in cap and "no run drops classes" in cap
+    assert "Largest class share: 0.104 (k1) to 0.102" in cap and "no run drops a class" in cap
+    from mct.report.sections.modes import class_caption
+
+    collapsed = class_caption({"k1": 1.0, "mct": 1.0}, {"k1": 0.0, "mct": 0.0}, 10)  # opposite data: every run on one class
+    assert collapsed == ("Largest class share 1.000 in every run; k1, mct drop at least one class (below a quarter of "
+                         "a uniform share).")
     scatter = _figure_caption(html, "scatter", "toy2d")
     assert re.search(r"K = 1: TV 0\.\d\d, [1-8]/8 modes", scatter) and "mct (K = 8)" in scatter
     corr = t["correct-digits-mct"]
     assert corr[0][:5] == ["Metric", "Before (g(z))", "After correction", "Change", "Helped?"]
     assert row_of(corr, "FID")[1:5] == ["5.31", "4.92", "\u22120.39", "yes"]
-    assert row_of(corr, "KID\u00d710\u00b3")[1:5] == ["2.70", "3.10", "+0.40", "no"]  # KID x 10^3 in every column, the change too
-    assert "The correction lowered FID from 5.31 to 4.92: it helped on FID, and improved 1 of the 2 other" in html
-    assert 'class="pixelated"' in html and 'style="width: 511px"' in html  # 73 px grids shown 7x
+    # KID x 10^3 in every column, its std over subsets too, and the change
+    assert row_of(corr, "KID\u00d710\u00b3")[1:5] == ["2.70 \u00b1 0.40", "3.10 \u00b1 0.60", "+0.40", "no"]
+    assert ("On 2000 samples, the correction lowered FID \u2193 from 5.31 to 4.92: it helped on FID (lower is better); "
+            "it improved 1 of the 2 other metrics with a direction.") in html_unescape(html)
+
+
+def test_correction_headline_follows_the_numbers():
+    """Opposite data, opposite sentence: FID 0.94 -> 1.82 on 100 samples is said to have made it worse."""
+    from mct.report.sections.samples import correction_headline
+
+    def corr(before, after):
+        return CorrectionMetrics(bench="digits", variant="mct", steps=100, sigma=0.5, gamma_eps=0.05, gamma_z=0.02,
+                                 num_samples=100, seconds=1.0, before=Scores(before), after=Scores(after), provenance=PROV)
+
+    worse = correction_headline(corr({"fid": 0.94, "recall": 0.5}, {"fid": 1.82, "recall": 0.6}), ["fid", "recall"])
+    assert worse.startswith("On 100 samples, the correction raised FID \u2193 from 0.94 to 1.82: it made it worse on "
+                            "FID (lower is better); it improved 1 of the 1 other")
+    better = correction_headline(corr({"fid": 1.82, "recall": 0.6}, {"fid": 0.94, "recall": 0.5}), ["fid", "recall"])
+    assert "lowered FID \u2193 from 1.82 to 0.94: it helped on FID" in better and "improved 0 of the 1 other" in better
+    assert correction_headline(corr({"precision": 0.7}, {"precision": 0.8}), ["precision"]).startswith(
+        "On 100 samples, the correction raised Precision \u2191 from 0.700 to 0.800: it helped on Precision (higher")
+
+
+@pytest.mark.skipif(not SYNTHETIC, reason="checks the written tree's values")
+def test_sample_grids_resampled_labelled_and_captioned(report):
+    """Grids are resampled on embedding (nearest neighbour) to a readable size, labelled with the variant,
+    its K and the training seed shown; the text-conditioned grids list the captions of their rows."""
+    import base64
+
+    from PIL import Image
+
+    _, html = report
+    imgs = re.findall(r'<figure class="sample">\s*<img src="data:image/png;base64,([^"]+)" alt="digits mct samples" '
+                      r'style="width: (\d+)px"[^>]*>\s*<figcaption>(.*?)</figcaption>', html, re.S)
+    assert len(imgs) == 1
+    data, width, caption = imgs[0]
+    with Image.open(io.BytesIO(base64.b64decode(data))) as im:
+        assert im.size[0] == int(width) == 73 * 7  # 73 px written, 8 px digits; 7x nearest = 56 px per digit
+        px = np.asarray(im.convert("L"))
+    assert (px[:, ::7] == px[:, 6::7]).all()  # nearest neighbour: each source pixel 7 identical columns
+    assert html_unescape(caption) == "mct (main run, K = 8): one-step samples g(z), 1 NFE, training seed 0 (the first of 3)"
+    k1 = re.search(r'alt="digits k1 samples"[^>]*>\s*<figcaption>(.*?)</figcaption>', html, re.S).group(1)
+    assert html_unescape(k1) == "k1 (K = 1, \u03b3_z = 0 (z frozen)): one-step samples g(z), 1 NFE, training seed 0 (the first of 3)"
+    t = parse(html).tables
+    rows = t["captions-digits-text"]
+    assert rows[0] == ["Row", "Template", "Column 3 reads"] and len(rows) == 11  # 100 samples: 10 rows of 10 classes
+    assert rows[1] == ["1", "a handwritten {word}", "a handwritten three"]
+    assert rows[7][1:] == ["a handwritten {word}", "a handwritten three"]  # 6 templates cycle: row 7 = row 1
+    assert "captions-digits" not in [k for k in t if k != "captions-digits-text"]  # class-conditional: no captions
+    assert "the samples' files do not record their captions" in html_unescape(html)
 
 
 @pytest.mark.skipif(not SYNTHETIC, reason="checks the written tree's values")
@@ -590,7 +826,7 @@ def test_partial_results_and_bad_records(tmp_path):
     assert "digits-text/runs/mct/metrics.json</code> &mdash; missing" in problems
     assert "correct" not in problems and "bench/" not in problems  # nothing the config does not promise
     assert row_of(t["benchmarks"], "digits-text")[-1] == "no results yet"
-    assert row_of(t["benchmarks"], "digits")[5] == "7/9"
+    assert row_of(t["benchmarks"], "digits")[5] == "6/8"
     nonc = row_of(t["ablation-digits"], "no-nc")
     assert "no metrics.json yet" in nonc[1] and "\u2014" in nonc
     assert "Configured but not evaluated yet: no-nc" in html
@@ -650,7 +886,8 @@ def test_browser_every_image_loads_and_nothing_is_fetched(page):
     assert not page.external_requests, page.external_requests
     assert not page.failed_requests and not page.console, (page.failed_requests, page.console)
     assert page.scripts == 0 and page.section_errors == 0
-    assert page.sections == ["summary", "main", "ablations", "modes", "samples", "speed"]
+    assert [x for x in page.sections if x != "covering"] == ["summary", "main", "ablations", "modes", "samples", "speed"]
+    assert "covering" in page.sections or not SYNTHETIC  # the synthetic tree has a toy2d family
     assert page.problems() == []
 
 
@@ -711,3 +948,104 @@ def test_exported_generator_is_linked_with_its_model_card(tmp_path):
     assert 'href="digits/export/mct/README.md"' in link and 'href="digits/export/mct/"' in link
     assert html_lib.unescape(link).count('mct.load_generator("results/digits/export/mct/")') == 1
     assert 'data-export="digits/k1"' not in html  # only folders that exist are linked
+
+
+# --- captions written from the numbers: opposite data, opposite sentence ---------------------
+
+def _iv(values):
+    return stats.interval(values)
+
+
+def test_best_caption_names_the_best_and_says_whether_the_intervals_overlap():
+    from mct.report.seeds import best_caption
+
+    low_k16 = {"k1": _iv([0.30, 0.32, 0.31]), "k16": _iv([0.05, 0.06, 0.055])}
+    cap = best_caption(low_k16, "off_mode_mass")
+    assert cap.startswith("Lowest Off-mode mass: k16 (0.055 [") and "clear of every other variant's" in cap
+    flipped = best_caption({"k1": low_k16["k16"], "k16": low_k16["k1"]}, "off_mode_mass")
+    assert flipped.startswith("Lowest Off-mode mass: k1 (")
+    tied = best_caption({"k1": _iv([0.30, 0.12, 0.22]), "k16": _iv([0.18, 0.22, 0.2])}, "off_mode_mass")
+    assert "its interval overlaps k1's, so it is not separated from them" in tied
+    higher = best_caption({"a": _iv([0.9, 0.91, 0.92]), "b": _iv([0.5, 0.52, 0.51])}, "recall")
+    assert higher.startswith("Highest Recall: a (")
+    one = best_caption({"a": _iv([0.9]), "b": _iv([0.5, 0.52, 0.51])}, "recall")
+    assert "against b it cannot be judged" in one or "against a it cannot be judged" in one
+
+
+def test_spread_caption_says_no_difference_only_inside_the_noise():
+    from mct.report.seeds import spread_caption
+
+    noise = {"k1": _iv([2.3002, 2.3101, 2.2950]), "k8": _iv([2.3012, 2.2990, 2.3080])}
+    assert spread_caption(noise, "class_entropy").startswith("Class entropy: no difference beyond seed noise")
+    apart = {"k1": _iv([2.10, 2.11, 2.12]), "k8": _iv([2.30, 2.29, 2.31])}
+    assert "no difference" not in spread_caption(apart, "class_entropy")
+    single = spread_caption({"k1": _iv([2.1]), "k8": _iv([2.3])}, "class_entropy")
+    assert "too few variants with several seeds" in single and "no difference" not in single
+
+
+def test_curve_caption_follows_the_first_and_last_points():
+    from mct.report.seeds import curve_caption
+
+    falls = curve_caption({"mct": {0: (2.0, 0.60), 1: (2.1, 0.65), 2: (1.9, 0.62)}}, "fid")
+    assert falls == "mct 2.00 \u2192 0.62 (lower at the end, beyond the 3 seeds' interval)"
+    rises = curve_caption({"mct": {0: (0.60, 2.0), 1: (0.65, 2.1), 2: (0.62, 1.9)}}, "fid")
+    assert "(higher at the end, beyond the 3 seeds' interval)" in rises
+    flat = curve_caption({"mct": {0: (1.0, 0.9), 1: (1.0, 1.2), 2: (1.0, 0.95)}}, "fid")
+    assert "no change beyond seed noise over 3 seeds" in flat and "levelling" not in flat
+
+
+def test_collapse_note_only_when_the_scores_show_it():
+    from mct.report.seeds import collapse_note
+
+    assert collapse_note({"precision": 1.0, "recall": 0.0}).startswith("collapsed: precision 1.00, recall 0.00")
+    assert collapse_note({"precision": 0.75, "recall": 0.63}) == ""
+    assert collapse_note({"min_mode_recall": 0.0, "modes_covered": 3.0, "num_modes": 8.0}).startswith(
+        "collapsed onto part of the mixture: at least one mode gets no samples (5 of 8 modes")
+    assert collapse_note({"min_mode_recall": 0.9, "modes_covered": 8.0, "num_modes": 8.0}) == ""
+
+
+def test_interval_text_for_known_stats_and_one_scale_for_kid():
+    from mct.report.seeds import fmt_interval
+
+    iv = Interval(mean=0.00265, n=3, std=0.0001, lo=0.00240, hi=0.00290)
+    assert fmt_interval(iv, "kid_mean") == "2.65 [2.40, 2.90], 3 seeds"  # x 10^3: mean and both ends
+    assert fmt_interval(Interval(mean=5.31, n=1), "fid") == "5.31, 1 seed"
+    assert fmt_interval(Interval(mean=7.6, n=5, std=0.5, lo=7.0, hi=8.2), "modes_covered") == "7.6 [7.0, 8.2], 5 seeds"
+    assert fmt_interval(Interval(mean=8.0, n=5, std=0.0, lo=8.0, hi=8.0), "modes_covered") == "8, the same in all 5 seeds"
+    assert number_cell(0.0004, "kid_std").text == "0.40"
+    narrow = Interval(mean=2.6312, n=2, std=0.0004, lo=2.6276, hi=2.6348)  # narrower than FID's 2 decimals
+    assert fmt_interval(narrow, "fid") == "2.631 [2.628, 2.635], 2 seeds"
+
+
+def test_a_new_section_is_one_module_and_one_line(tmp_path, monkeypatch):
+    """Room for sections the template does not know (e.g. paper scale): registered in SECTIONS, rendered
+    generically from intro, tables, figures and notes, numbered after the others."""
+    from mct.report import build as B
+    from mct.report.tables import Cell, Row, Table
+
+    extra = SimpleNamespace(build=lambda inputs: {"intro": "paper-scale runs", "notes": ["a note"], "figures": [],
+                                                  "tables": [Table([("A", "")], [Row([Cell("1", "num")])], kind="extra")]})
+    monkeypatch.setattr(B, "SECTIONS", B.SECTIONS + [("paper-scale", "Paper scale", extra)])
+    res, raw = make_results(tmp_path, benches=("digits",))
+    html = build_report(raw, RunContext(results_dir=res)).read_text()
+    sec = re.search(r'<section id="paper-scale">(.*?)</section>', html, re.S).group(1)
+    assert "<h2>7. Paper scale</h2>" in sec and "paper-scale runs" in sec and "a note" in sec
+    assert parse(html).tables["extra"] == [["A"], ["1"]] and 'href="#paper-scale"' in html
+
+
+def test_k_sweep_one_run_per_k_and_the_baseline_is_z_frozen():
+    """The main run is its K's point (its seeds, not averaged with anything); at K = 1 the z-frozen
+    baseline, not the z-moving ablation; a second run at a K goes to the z-chain table."""
+    from mct.report.collect import BenchResults
+    from mct.report.sections.common import k1_variant, k_sweep
+
+    def run(v, K, gz, seed=0):
+        return RunMetrics(bench="digits", variant=v, nfe=1, provenance=PROV, scores=Scores({"fid": 1.0}),
+                          settings={"K": K, "gamma_z": gz, "reparam": True, "seed": seed})
+
+    runs = {"mct": run("mct", 4, 0.02), "k1-zmoving": run("k1-zmoving", 1, 0.02), "k1": run("k1", 1, 0.0),
+            "k4-zfrozen": run("k4-zfrozen", 4, 0.0), "k8": run("k8", 8, 0.02), "k16-zfrozen": run("k16-zfrozen", 16, 0.0)}
+    b = BenchResults("digits", True, list(runs), list(runs), runs=runs)
+    assert k1_variant(b) == "k1"
+    points, zchain = k_sweep(b)
+    assert points == ["k1", "mct", "k8", "k16-zfrozen"] and sorted(zchain) == ["k1-zmoving", "k4-zfrozen"]

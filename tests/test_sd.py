@@ -15,7 +15,7 @@ import torch
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
-from mct.errors import CheckpointError, DataError, MCTError  # noqa: E402
+from mct.errors import CheckpointError, ConfigError, DataError, MCTError  # noqa: E402
 from mct.teachers.base import GuidedDenoiser, scaled_linear_alphas_cumprod  # noqa: E402
 from mct.nets.onestep import OneStepGenerator  # noqa: E402
 from mct.teachers.sd import (SDUNetDenoiser, alphas_cumprod_from_scheduler_config,  # noqa: E402
@@ -226,6 +226,33 @@ def test_missing_or_broken_checkpoint_is_clear(tmp_path, sd_dir):
         load_sd_teacher("no-such-org/no-such-model-mct-test", local_files_only=True, cache_dir=str(tmp_path / "c"))
 
 
+def test_low_memory_load_gives_the_saved_weights(sd_dir, monkeypatch):
+    """diffusers loads U-Net and VAE on accelerate's low-memory path (no random init in RAM first),
+    and the loaded weights are exactly the files' (nothing left on the meta device)."""
+    import diffusers.utils
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from safetensors.torch import load_file
+
+    assert diffusers.utils.is_accelerate_available()  # a dependency: without it diffusers falls back silently
+    seen = {}
+    for cls in (UNet2DConditionModel, AutoencoderKL):
+        original = cls.from_pretrained.__func__
+
+        def spy(klass, *args, _orig=original, **kw):
+            seen[klass.__name__] = kw.get("low_cpu_mem_usage")
+            return _orig(klass, *args, **kw)
+
+        monkeypatch.setattr(cls, "from_pretrained", classmethod(spy))
+    sd = load_sd_teacher(sd_dir, local_files_only=True)
+    assert seen == {"UNet2DConditionModel": True, "AutoencoderKL": True}
+    for part, net in (("unet", sd.unet), ("vae", sd.vae), ("text_encoder", sd.text_encoder)):
+        saved = load_file(next((sd_dir / part).glob("*.safetensors")))
+        state = net.state_dict()
+        assert set(saved) <= set(state), part
+        for k, v in saved.items():
+            assert state[k].device.type == "cpu" and torch.equal(state[k], v), f"{part}.{k}"
+
+
 def _register_tiny_fid_extractor():
     """A fixed random-projection feature extractor for torch-fidelity (no download)."""
     import torch_fidelity
@@ -382,3 +409,165 @@ def test_fetch_is_pinned_and_checked(tmp_path, monkeypatch):
                  sha256={"unet/diffusion_pytorch_model.fp16.safetensors": "0" * 64})
     with pytest.raises(DownloadError, match="missing after download"):
         fetch_sd("org/sd", tmp_path / "t", variant="fp16", sha256={"vae/x.safetensors": "0" * 64})
+
+
+def _eval_files(tmp_path):
+    """COCO-shaped captions and a folder of reference images (what sd15 evaluation reads from disk)."""
+    from PIL import Image
+
+    coco = tmp_path / "captions_val.json"
+    coco.write_text(json.dumps({"annotations": [{"id": i, "image_id": i, "caption": c} for i, c in
+                                                enumerate(["a man riding a horse", "a plate of food"])]}))
+    ref = tmp_path / "ref"
+    ref.mkdir(exist_ok=True)
+    Image.fromarray((torch.rand(20, 24, 3, generator=torch.Generator().manual_seed(0)) * 255)
+                    .to(torch.uint8).numpy()).save(ref / "0.png")
+    return coco, ref
+
+
+def test_sd15_evaluate_without_inception_weights_fails_before_sampling(tmp_path, sd_dir, monkeypatch, capsys):
+    """The crash the issue saw (URLError from torch-fidelity after all sampling) becomes one line,
+    exit 2, before the generator is loaded or called."""
+    import yaml
+
+    from mct.benchmarks import sd15 as SD
+    from mct.cli import main
+
+    coco, ref = _eval_files(tmp_path)
+    calls = []
+    monkeypatch.setattr(SD.SD15, "load_generator", lambda *a, **k: calls.append("generator") or (None, {}))
+    monkeypatch.setattr(SD.SD15, "teacher", lambda *a, **k: calls.append("teacher"))
+    section = {"teacher": {"model": str(sd_dir), "local_files_only": True},
+               "eval": {"prompts": str(coco), "ref_dir": str(ref), "clip": False},
+               "variants": {"mct": {}}}
+    cfg = tmp_path / "sd.yaml"
+    cfg.write_text(yaml.safe_dump({"results_dir": str(tmp_path / "results"), "device": "cpu",
+                                   "benchmarks": {"sd15": section}}))
+    rc = main(["evaluate", "--config", str(cfg), "--bench", "sd15", "--variant", "mct"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and calls == [] and "\n" not in err and "Traceback" not in err
+    weights = tmp_path / "results" / "sd15" / "refs" / "weights-inception-2015-12-05-6726825d.pth"
+    assert f"Inception weights {weights}" in err
+    assert "eval.feature_extractor_weights_path" in err and "mct teacher fetch --bench sd15" in err
+    assert "CLIP" not in err  # the CLIP score is off: its weights are not asked for
+    # every missing input is named in the same line; teacher eval checks first as well
+    section["eval"] = {"prompts": str(tmp_path / "none.json"), "ref_dir": str(tmp_path / "empty")}
+    (tmp_path / "empty").mkdir()
+    cfg.write_text(yaml.safe_dump({"results_dir": str(tmp_path / "results"), "device": "cpu",
+                                   "benchmarks": {"sd15": section}}))
+    assert main(["teacher", "eval", "--config", str(cfg), "--bench", "sd15"]) == 2 and calls == []
+    err = capsys.readouterr().err.strip()
+    for part in ("captions", "eval.prompts", "FID reference images", "eval.ref_dir", "Inception weights",
+                 "CLIP ViT-g-14 weights", "open_clip_model.safetensors", "eval.clip_weights_path"):
+        assert part in err, part
+    assert "\n" not in err
+
+
+def test_sd15_fetch_stage_pins_the_evaluation_weights(tmp_path, sd_dir, monkeypatch):
+    """`mct teacher fetch` downloads the Inception and CLIP weights (loopback server) into refs/,
+    records their sha256 in the lock file, and evaluation then reads exactly those files."""
+    import hashlib
+    import io
+    import sys as _sys
+
+    import yaml
+
+    _sys.path.insert(0, str(Path(__file__).parent))
+    from paper_fixtures import LoopbackServer
+
+    from mct.benchmarks import sd15 as SD
+    from mct.benchmarks.base import RunContext, get_benchmark
+    from mct.errors import DownloadError
+
+    buf = io.BytesIO()
+    torch.save({"conv.weight": torch.ones(2, 2)}, buf)  # a plain state dict, as torch-fidelity's file is
+    inception, clip_bytes = buf.getvalue(), b"clip weights stand-in"
+    coco, ref = _eval_files(tmp_path)
+    ctx = RunContext(results_dir=tmp_path / "results", device="cpu", progress=False)
+    bench = get_benchmark("sd15")
+    with LoopbackServer() as server:
+        server.files["/inception.pth"] = inception
+        server.files["/clip.safetensors"] = clip_bytes
+        section = {"teacher": {"model": str(sd_dir), "local_files_only": True},
+                   "lock_file": str(tmp_path / "lock.yaml"),
+                   "eval": {"prompts": str(coco), "ref_dir": str(ref), "feature_extractor_url": server.url("/inception.pth"),
+                            "clip_weights_url": server.url("/clip.safetensors")},
+                   "variants": {"mct": {}}}
+        info = bench.teacher_fetch(section, ctx)
+        refs = ctx.bench_dir("sd15") / "refs"
+        assert info == {"source": str(sd_dir), "feature_weights": str(refs / "inception.pth"),
+                        "clip_weights": str(refs / "clip.safetensors")}
+        assert (refs / "inception.pth").read_bytes() == inception and (refs / "clip.safetensors").read_bytes() == clip_bytes
+        lock = yaml.safe_load(Path(section["lock_file"]).read_text())
+        assert {u: lock[u]["sha256"] for u in lock} == {
+            server.url("/inception.pth"): hashlib.sha256(inception).hexdigest(),
+            server.url("/clip.safetensors"): hashlib.sha256(clip_bytes).hexdigest()}
+        # a second fetch verifies the files in place: nothing downloaded again
+        n = len(server.requests)
+        bench.teacher_fetch(section, ctx)
+        assert len(server.requests) == n
+        # a configured digest that disagrees with the lock file is refused
+        bad = {**section, "eval": {**section["eval"], "clip_weights_sha256": "0" * 64}}
+        with pytest.raises(DownloadError, match="disagrees"):
+            bench.teacher_fetch(bad, ctx)
+        # offline: a local copy is used where it is, never downloaded (and a missing one is one clear error)
+        local = tmp_path / "my-clip.safetensors"
+        offline = {**section, "eval": {**section["eval"], "clip_weights_path": str(local),
+                                       "clip_weights_url": server.url("/never")}}
+        with pytest.raises(MCTError, match="my-clip.safetensors .*does not exist"):
+            bench.teacher_fetch(offline, ctx)
+        local.write_bytes(clip_bytes)
+        assert bench.teacher_fetch(offline, ctx)["clip_weights"] == str(local)
+        assert all(path != "/never" for path, _ in server.requests)
+    cfg = bench.parse(section, "mct")
+    bench.preflight(cfg, ctx)  # everything is there now
+    seen = {}
+
+    def fake_score(prompts, sample, encode, decode, shape, **kw):
+        seen.update(kw)
+        return {"num_samples": len(prompts), "clip_model": "overwritten"}
+
+    monkeypatch.setattr("mct.metrics.text_to_image.score_text_to_image", fake_score)
+    monkeypatch.setattr(SD.SD15, "teacher", lambda *a, **k: load_sd_teacher(sd_dir, local_files_only=True))
+    m = bench._score(cfg, ctx, lambda z, c: z, 2, tmp_path / "grid.png", "test")
+    assert seen["feature_extractor_weights_path"] == str(refs / "inception.pth")
+    assert seen["clip_pretrained"] == str(refs / "clip.safetensors") and seen["clip_model"] == "ViT-g-14"
+    assert m["clip_model"] == "ViT-g-14/laion2b_s12b_b42k"  # the model's name, not the local file
+
+
+def test_sd15_default_weight_urls_are_the_libraries_own():
+    """The pinned URLs are the files torch-fidelity and open_clip themselves would fetch."""
+    import torch_fidelity.feature_extractor_inceptionv3 as tfi
+    from open_clip.pretrained import get_pretrained_cfg
+
+    from mct.benchmarks import sd15 as SD
+
+    ev = SD.SD15Config().eval
+    assert ev.feature_extractor_url == tfi.URL_INCEPTION_V3
+    hub = get_pretrained_cfg(ev.clip_model, ev.clip_pretrained)["hf_hub"]
+    assert ev.clip_weights_url == f"https://huggingface.co/{hub}resolve/main/open_clip_model.safetensors"
+    with pytest.raises(ConfigError, match="clip_weights_url"):
+        SD.SD15.parse(SD.BENCHMARK, {"eval": {"clip_model": "ViT-B-32", "clip_pretrained": "openai"}})
+
+
+def test_clip_weights_file_loads_as_open_clip_pretrained(tmp_path):
+    """What sd15 evaluation passes open_clip (the fetched weights file as `pretrained`) loads those
+    weights into the named architecture (a tiny one registered here, as ViT-g-14 is in open_clip)."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    from mct.metrics.clip import build_clip, load_clip_scorer
+    from mct.training.clip import tiny_clip_config
+
+    cfg = tiny_clip_config(16, patch_size=8, vision_layers=1, text_layers=1)
+    (tmp_path / "cfgs").mkdir()
+    (tmp_path / "cfgs" / "mct-tiny-clip-test.json").write_text(json.dumps(cfg["model_cfg"]))
+    open_clip.add_model_config(tmp_path / "cfgs")
+    torch.manual_seed(3)
+    model = build_clip(cfg)[0]
+    weights = tmp_path / "refs" / "open_clip_model.safetensors"
+    weights.parent.mkdir()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    scorer = load_clip_scorer("mct-tiny-clip-test", str(weights))
+    got = scorer.model.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in model.state_dict().items())

@@ -33,6 +33,7 @@ from mct.config import json_schema, load_yaml
 from mct.errors import ConfigError
 from mct.pipeline.code_deps import code_files
 from mct.pipeline.dvc import dvc_yaml
+from mct.pipeline.stages import is_committed
 from mct.pipeline.jobs import Pipeline
 from mct.pipeline.resources import ClusterConfig
 from mct.pipeline.schema import config_schema
@@ -211,9 +212,16 @@ def test_dvc_stages_mirror_the_jobs():
         st = stages[j.name]
         assert st["cmd"] == j.shell
         assert st["deps"] == list(j.code) + list(j.deps)
-        assert st.get("outs", []) == list(j.outs)
-        assert st.get("metrics", []) == list(j.metrics)
-        assert [next(iter(x)) for x in st.get("plots", [])] == list(j.plots)
+        name = lambda x: x if isinstance(x, str) else next(iter(x))  # noqa: E731
+        assert [name(x) for x in st.get("outs", [])] == list(j.outs)
+        assert [name(x) for x in st.get("metrics", [])] == list(j.metrics)
+        assert [name(x) for x in st.get("plots", [])] == list(j.plots)
+        # git tracks the committed outputs (cache: false), DVC caches the rest
+        for x in st.get("outs", []) + st.get("metrics", []) + st.get("plots", []):
+            committed = is_committed(name(x), j.directory)
+            assert (not isinstance(x, str) and x[name(x)].get("cache") is False) == committed, x
+    assert stages["summarize_toy2d"]["outs"] == [{"results/quick/toy2d/summary.csv": {"cache": False}}]
+    assert stages["distill_toy2d_mct"]["outs"] == ["results/quick/toy2d/runs/mct/checkpoint.pt"]
     d = stages["distill_toy2d_mct"]
     keys = d["params"][0]["config/quick.yaml"]
     assert "benchmarks.toy2d.variants.mct" in keys and "benchmarks.toy2d.variants.k1" not in keys
@@ -549,6 +557,9 @@ def test_slurm_profile_dry_run_lists_gpu_jobs(tmp_path):
             assert int(res["gpu"]) == want["gpu"] >= 1
             assert int(res["mem_mb"]) == want["mem_mb"] and int(res["runtime"]) == want["runtime"]
     assert all(int(res["gpu"]) == 0 for res in by_rule["summarize"])
+    # under SLURM a distill job stops itself before its runtime limit (1140 min, derived by `mct plan`)
+    runtime = p.job("distill", "imagenet64", variants[0]).resources["runtime"]
+    assert runtime == 1140 and f"export MCT_TIME_LIMIT_MIN={runtime}; fi;" in out
 
 
 @pytest.mark.slow

@@ -117,6 +117,23 @@ def read_for_eval(path: str | os.PathLike, weights: tuple[str, ...] = ("generato
     return out
 
 
+def module_bytes(module: nn.Module) -> tuple[int, int]:
+    """(bytes of ``module.state_dict()``, bytes of its trainable parameters): what one copy of its
+    weights and one Adam moment of it take in a checkpoint. Works on the meta device (shapes and
+    dtypes only), so a paper-scale network is measured without allocating it."""
+    state = sum(t.numel() * t.element_size() for t in module.state_dict().values() if isinstance(t, torch.Tensor))
+    params = sum(p.numel() * p.element_size() for p in module.parameters() if p.requires_grad)
+    return state, params
+
+
+def checkpoint_bytes(generator: tuple[int, int], student: tuple[int, int]) -> int:
+    """Bytes of the tensors of one distillation checkpoint, from :func:`module_bytes` of the generator
+    and the student: the generator, its EMA and Adam's two moments of it (4 copies), the student and
+    Adam's two moments of it (3 copies). RNG states, logs and the zip records add a few KB."""
+    (g_state, g_params), (s_state, s_params) = generator, student
+    return 2 * g_state + 2 * g_params + s_state + 2 * s_params
+
+
 class CheckpointIO:
     """The checkpoints of one run folder: numbered ones in ``run_dir/checkpoints`` (the newest
     ``keep`` kept) and the final ``run_dir/checkpoint.pt``. Only one process writes (rank 0)."""

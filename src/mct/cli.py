@@ -7,12 +7,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import time
 from pathlib import Path
 
 from . import __version__
-from .errors import MCTError
+from .errors import TIME_LIMIT_EXIT, MCTError, TimeLimitReached
 from .root import RootConfig, load_root
+
+_STARTED = time.monotonic()  # a job's time limit counts from its start, imports included
+TIME_LIMIT_ENV = "MCT_TIME_LIMIT_MIN"  # set by the workflow's distill rule under SLURM (its runtime resource)
+STOP_MARGIN_S = 300.0  # stop this long before a time limit (capped at 5 % of it): exit, teardown, clock skew
 
 DESCRIPTION = """\
 MCT: distil a diffusion teacher into a one-step generator by EM (Xie et al., 2024).
@@ -30,8 +36,10 @@ Pipeline steps (each reads --config and writes under its results_dir):
   export                     a distilled generator as a self-describing folder (mct.load_generator)
   bench                      speed and memory measurements -> results/bench/*.json
   report                     results/report.html from whatever results exist
-  config check|schema|show   validate a config / print its JSON schema / show a resolved variant
+  config check|schema|show   validate a config (a paper run must fit its GPUs) / print its schema / show a variant
+  plan                       per-GPU batch, accumulation, GPUs, hours and runtime segments from `mct rehearse`'s record
   workflow dvc               write dvc.yaml from the pipeline's stage table (src/mct/pipeline/)
+  gpus --need N -- CMD       run CMD on N free GPUs of this node (the workflow's stage shell)
 """
 
 
@@ -61,6 +69,7 @@ def _bench_stage(stage: str):
             kwargs["variant"] = args.variant
         if stage == "distill":
             kwargs["resume"] = args.resume
+            kwargs["deadline"] = _deadline(args.time_limit)
         ctx = _context(root, args, computes=stage not in ("teacher_fetch", "summarize"))
         from .distributed import init_from_env, rank, stage_runs_here
 
@@ -83,6 +92,25 @@ def _bench_stage(stage: str):
             raise
 
     return run
+
+
+def _deadline(minutes):
+    """The ``time.monotonic()`` value a distill job stops before: ``--time-limit`` minutes
+    (else ``$MCT_TIME_LIMIT_MIN``) after this process started, less a margin; None without either."""
+    source = "--time-limit"
+    if minutes is None:
+        text = os.environ.get(TIME_LIMIT_ENV, "").strip()
+        if not text:
+            return None
+        source = f"${TIME_LIMIT_ENV}"
+        try:
+            minutes = float(text)
+        except ValueError:
+            raise MCTError(f"{source} must be a number of minutes, got {text[:40]!r}") from None
+    if not 0 < minutes < 1e7:
+        raise MCTError(f"{source} must be a number of minutes > 0, got {minutes!r}")
+    seconds = minutes * 60.0
+    return _STARTED + seconds - min(STOP_MARGIN_S, 0.05 * seconds)
 
 
 # the folder a stage writes (and locks against a second writer), under <results_dir>/<bench>/
@@ -158,7 +186,14 @@ def _cmd_config(args):
         raise MCTError("config check/show need --config")
     root, raw = load_root(args.config)
     if args.action == "check":
+        from .pipeline.disk import disk_lines
+        from .pipeline.plan import check_memory
+
+        lines = check_memory(raw, root.results_dir, args.config)  # a plan that cannot fit its GPUs is refused
+        lines += disk_lines(raw)  # what a user must provision before the first long run
         print(f"{args.config}: ok ({', '.join(raw.get('benchmarks') or {}) or 'no benchmarks'})")
+        for line in lines:
+            print(f"  {line}")
     else:
         from .benchmarks.base import get_benchmark, section_of
         from .config import to_dict
@@ -167,6 +202,13 @@ def _cmd_config(args):
             raise MCTError("config show needs --bench")
         cfg = get_benchmark(args.bench).parse(section_of(raw, args.bench), args.variant)
         print(json.dumps(to_dict(cfg), indent=2))
+
+
+def _cmd_plan(args):
+    from .pipeline.plan import plan_command
+
+    root, raw = load_root(args.config, args.results_dir)
+    print("\n".join(plan_command(raw, root.results_dir, args.bench, args.rehearsal_dir)))
 
 
 def _cmd_sample(args):
@@ -187,6 +229,15 @@ def _cmd_workflow(args):
     from .pipeline.dvc import write_dvc_yaml
 
     print(write_dvc_yaml(args.config, args.out))
+
+
+def _cmd_gpus(args):
+    from .pipeline.gpus import run_on_gpus
+
+    argv = list(args.cmd)
+    if argv[:1] == ["--"]:
+        argv = argv[1:]
+    run_on_gpus(args.need, args.lock_dir, argv, wait=args.wait)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -234,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="continue from the latest checkpoint (required to exist)")
             g.add_argument("--no-resume", dest="resume", action="store_const", const="no",
                            help="start afresh, discarding checkpoints (default: resume when a compatible one exists)")
+            sp.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
+                            help=f"stop cleanly before this many minutes with a checkpoint saved, exit status "
+                                 f"{TIME_LIMIT_EXIT}; rerun to resume (default: ${TIME_LIMIT_ENV}, else none)")
         sp.set_defaults(func=_bench_stage(name))
 
     sp = sub.add_parser("sample", help="images from a distilled generator (EMA, one network pass per batch)")
@@ -269,11 +323,27 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--variant", default=None)
     sp.set_defaults(func=_cmd_config)
 
+    sp = sub.add_parser("plan", help="derive batch split, GPUs, runtime and segments from a rehearsal record")
+    sp.add_argument("--config", required=True)
+    sp.add_argument("--bench", action="append", default=None,
+                    help="benchmark(s) to plan (default: every paper-scale one)")
+    sp.add_argument("--results-dir", default=None, help="override the config's results_dir")
+    sp.add_argument("--rehearsal-dir", default=None,
+                    help="folder of <bench>.json rehearsal records (default: <results_dir>/rehearsal)")
+    sp.set_defaults(func=_cmd_plan)
+
     sp = sub.add_parser("workflow", help="generate workflow files from the stage table")
     sp.add_argument("action", choices=["dvc"])
     sp.add_argument("--config", default="config/default.yaml")
     sp.add_argument("--out", default="dvc.yaml")
     sp.set_defaults(func=_cmd_workflow)
+
+    sp = sub.add_parser("gpus", help="run a command on N free GPUs of this node (local runs of the workflow)")
+    sp.add_argument("--need", type=int, required=True, help="GPUs the command needs (0: it sees none)")
+    sp.add_argument("--lock-dir", required=True, help="folder of the per-GPU lock files (shared by the node's jobs)")
+    sp.add_argument("--wait", type=float, default=None, help="give up after this many seconds (default: wait)")
+    sp.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
+    sp.set_defaults(func=_cmd_gpus)
     return p
 
 
@@ -284,6 +354,9 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         args.func(args)
+    except TimeLimitReached as exc:  # not a failure: the workflow resubmits the job, which resumes
+        print(f"mct: {exc}", file=sys.stderr)
+        return TIME_LIMIT_EXIT
     except MCTError as exc:  # one line, whatever the message holds
         message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         print(f"mct: error: {message}", file=sys.stderr)

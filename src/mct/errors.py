@@ -23,3 +23,12 @@ class DownloadError(MCTError):
 
 class TrainingDiverged(MCTError):
     """NaN or inf appeared during training; the last good checkpoint is kept."""
+
+
+class TimeLimitReached(MCTError):
+    """A run stopped before its time limit with a checkpoint saved: rerunning the same command
+    resumes it. The CLI exits with :data:`TIME_LIMIT_EXIT` so that a workflow can tell this
+    from a failure (and resubmit)."""
+
+
+TIME_LIMIT_EXIT = 75  # EX_TEMPFAIL (sysexits.h): try again later

@@ -3,7 +3,9 @@
 
 import hashlib
 import os
+import posixpath
 import re
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -156,5 +158,24 @@ def bench_constraint(stage):
     return _alternatives(PIPELINE.benches_with(stage))
 
 
-# Torch uses as many threads as the job has (not every core of the machine per job).
-STAGE_SHELL = "export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}; {params.cmd} > {log} 2>&1"
+def distill_retries():
+    """A distill run longer than its runtime limit is split into segments (cluster ...segments,
+    derived by `mct plan`): each job stops itself before the limit with a checkpoint (exit 75,
+    `mct distill --time-limit`) and the resubmitted job resumes. So distill gets segments - 1
+    retries on top of the profile's own (for failures); None keeps the profile's."""
+    from mct.pipeline.resources import segments_of
+
+    most = max((segments_of(PIPELINE.cluster, b) for b in PIPELINE.benches_with("distill")), default=1)
+    failures = getattr(workflow.execution_settings, "retries", 0) or 0  # None in a dry run
+    return None if most <= 1 else most - 1 + failures
+
+
+# Under SLURM, a distill job stops itself before its runtime limit (resources.runtime, minutes).
+DISTILL_TIME_LIMIT = 'if [ -n "${{SLURM_JOB_ID:-}}" ]; then export MCT_TIME_LIMIT_MIN={resources.runtime}; fi; '
+
+# Torch uses as many threads as the job has (not every core of the machine per job). Every job
+# takes its `gpu` resource's worth of free GPUs of the node and sees only those
+# (CUDA_VISIBLE_DEVICES; `mct gpus`, src/mct/pipeline/gpus.py); under SLURM it runs unchanged.
+GPU_LOCK_DIR = shlex.quote(posixpath.join(PIPELINE.results_dir, ".gpu-slots")).replace("{", "{{").replace("}", "}}")
+STAGE_SHELL = ("export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}; "
+               f"mct gpus --need {{resources.gpu}} --lock-dir {GPU_LOCK_DIR} -- {{params.cmd}} > {{log}} 2>&1")

@@ -1,4 +1,6 @@
 # Distillation: one job per benchmark variant -> <bench>/runs/<variant>/{checkpoint.pt, train_log.csv}.
+# checkpoint.pt appears only when training finished; a job stopped at its runtime limit leaves
+# checkpoints/ and is retried (distill_retries), resuming where it stopped.
 
 
 rule distill:
@@ -11,6 +13,7 @@ rule distill:
     params:
         **stage_params("distill"),
     threads: stage_threads("distill")
+    retries: distill_retries()
     resources:
         **stage_resources("distill"),
     wildcard_constraints:
@@ -18,4 +21,4 @@ rule distill:
     conda:
         CONDA_ENV
     shell:
-        STAGE_SHELL
+        DISTILL_TIME_LIMIT + STAGE_SHELL

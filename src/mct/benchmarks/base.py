@@ -130,6 +130,18 @@ class Benchmark:
             torch.set_num_threads(threads)
         return cfg
 
+    def preflight(self, cfg, ctx: RunContext) -> None:
+        """Check every file evaluation reads besides the run (feature and CLIP weights, FID references)
+        before the generator is loaded or a sample drawn: one MCTError naming each missing file and
+        the key or command that provides it. The embedded benchmarks have none to check here (their
+        feature network is required before their first sample, in ``eval_latents``)."""
+
+    def network_bytes(self, cfg) -> Optional[tuple[tuple[int, int], tuple[int, int]]]:
+        """(generator, student) as :func:`mct.checkpoint.module_bytes` gives them, for the disk
+        estimate of ``mct config check``; None where not estimated (the embedded benchmarks, whose
+        networks are small and made from a teacher trained by the pipeline)."""
+        return None
+
     def variant_names(self, section: dict) -> list[str]:
         return list((section or {}).get("variants", {}) or {})
 
@@ -202,13 +214,15 @@ class Benchmark:
     # ------------------------------------------------------------------ stages written once
 
     def distill(self, section: dict, ctx: RunContext, variant: str, resume: str = "auto",
-                stop_after: Optional[int] = None) -> dict:
+                stop_after: Optional[int] = None, deadline: Optional[float] = None) -> dict:
         """Distil the teacher into a one-step generator with the variant's settings, once per training
         seed (``train.seeds``), in this one process (start-up and the data are paid once) ->
         runs/<variant>/{checkpoint.pt, train_log.csv[, eval_log.csv]} for the first seed,
         runs/<variant>/seed-<s>/ for each further one. Each seed is a run of its own (its own run hash,
         its own resume); a seed already finished under this config is not touched again. The completion
-        record ``.complete-distill.json`` is written only once every seed is done."""
+        record ``.complete-distill.json`` is written only once every seed is done. ``deadline``: a
+        ``time.monotonic()`` value to stop cleanly before (mct.distill.trainer.distill); a seed stopped
+        by it (or by ``stop_after``) ends the stage there, incomplete, and the next run resumes it."""
         from ..io import ensure_writable_dir
 
         cfg = self.setup(section, variant)
@@ -218,12 +232,12 @@ class Benchmark:
         run_dir = ensure_writable_dir(ctx.run_dir(self.name, variant))
         summaries = []
         try:
-            self._distill_seeds(cfg, ctx, variant, resume, stop_after, run_dir, summaries)
-        except _Stopped:  # stop_after (tests) ended a seed early: no completion record, no further seed
+            self._distill_seeds(cfg, ctx, variant, resume, stop_after, deadline, run_dir, summaries)
+        except _Stopped:  # a seed ended early (stop_after, deadline): no completion record, no further seed
             pass
         return {**summaries[0], "seeds": summaries}
 
-    def _distill_seeds(self, cfg, ctx, variant, resume, stop_after, run_dir, summaries):
+    def _distill_seeds(self, cfg, ctx, variant, resume, stop_after, deadline, run_dir, summaries):
         import torch
 
         from ..distill.trainer import distill
@@ -242,7 +256,8 @@ class Benchmark:
                                    student=parts.student, sample_latents=self.latent_sampler(scfg, ctx), em=scfg.em,
                                    train=scfg.train, resume=resume, pre_train=parts.pre_train,
                                    evaluate=self.during_training(scfg, ctx), device=torch.device(ctx.device),
-                                   progress=ctx.progress, extra_config=extra, stop_after=stop_after)
+                                   progress=ctx.progress, extra_config=extra, stop_after=stop_after,
+                                   deadline=deadline)
                     del parts
                 log.info("%s %s seed %d: %d iterations in %.1f s", self.name, variant, seed, done["iterations"],
                          done["train_seconds"])
@@ -341,6 +356,7 @@ class Benchmark:
         from ..records import Scores, SeedRun
 
         cfg = self.setup(section, variant)
+        self.preflight(cfg, ctx)
         seeds = [(s, self.seed_config(cfg, s), self.seed_dir(cfg, ctx, variant, s)) for s in self.seeds_of(cfg)]
         for _, scfg, sdir in seeds:  # every seed's weights are there and this config's before anything is written
             self.checkpoint_of(scfg, ctx, variant, (), sdir)

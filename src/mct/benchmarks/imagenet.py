@@ -209,6 +209,26 @@ class ImageNet(Benchmark):
     def settings(self, cfg: ImageNetConfig) -> dict:
         return {**super().settings(cfg), "sigma_g": cfg.sigma_g}
 
+    def network_bytes(self, cfg: ImageNetConfig):
+        """The teacher's architecture built on the meta device (nothing allocated): the generator and
+        the student are copies of it. edm-pickle: EDM's ImageNet-64 network at the configured size;
+        openai-adm: the released 128x128 flags with the configured ones."""
+        from ..checkpoint import module_bytes
+
+        with torch.device("meta"):
+            if cfg.teacher.kind == "edm-pickle":
+                from ..nets.dhariwal import IMAGENET64_KWARGS, DhariwalDenoiser
+
+                net = DhariwalDenoiser(**{**IMAGENET64_KWARGS, "img_resolution": cfg.resolution,
+                                          "img_channels": cfg.channels, "label_dim": cfg.num_classes})
+            else:
+                from ..nets.adm import FLAG_NAMES, adm_from_flags
+
+                flags = {k: v for k, v in cfg.teacher.adm_flags.items() if k in FLAG_NAMES}  # not the diffusion's
+                net = adm_from_flags({"image_size": cfg.resolution, **flags}, cfg.num_classes)
+        size = module_bytes(net)
+        return size, size
+
     # ------------------------------------------------------------------ files
 
     def teacher_file(self, cfg: ImageNetConfig, ctx: RunContext) -> Path:
@@ -229,6 +249,19 @@ class ImageNet(Benchmark):
         if cfg.eval.feature_extractor != "inception-v3-compat":
             return None  # another registered extractor brings its own weights
         return ctx.bench_dir(self.name) / "refs" / file_name(cfg.eval.feature_extractor_url)
+
+    def preflight(self, cfg: ImageNetConfig, ctx: RunContext) -> None:
+        """The reference statistics and the feature extractor's weights, checked before the first
+        sample: one MCTError naming each missing file and the key or command that provides it."""
+        fetch, missing = f"`mct teacher fetch --bench {self.name}`", []
+        ref = self.ref_file(cfg, ctx)
+        if not ref.is_file():
+            missing.append(f"reference statistics {ref} (eval.ref_path, or {fetch})")
+        weights = self.feature_weights_file(cfg, ctx)
+        if weights is not None and not weights.is_file():
+            missing.append(f"Inception weights {weights} (eval.feature_extractor_weights_path, or {fetch})")
+        if missing:
+            raise MCTError(f"{self.name} evaluation cannot start, missing: " + "; ".join(missing))
 
     def _require(self, path: Path, what: str) -> Path:
         if not path.is_file():
@@ -340,6 +373,7 @@ class ImageNet(Benchmark):
         from ..io import stage_outputs
 
         cfg = self.parse(section, variant)
+        self.preflight(cfg, ctx)  # a missing file fails now, not after the generator is loaded
         gen, state = self.load_generator(cfg, ctx, variant)
         with stage_outputs(ctx.run_dir(self.name, variant), "evaluate", self.run_hash(cfg)) as out:
             result = self._score(cfg, ctx, lambda z, c: gen(z, c), cfg.eval.num_samples, cfg.eval.seeds,
@@ -361,6 +395,7 @@ class ImageNet(Benchmark):
 
         cfg = self.parse(section)
         e = cfg.eval
+        self.preflight(cfg, ctx)
         teacher, _ = self.load_teacher(cfg, ctx)
         n = e.teacher_num_samples or e.num_samples
         with stage_outputs(ctx.bench_dir(self.name) / "teacher", "teacher_eval") as out:

@@ -8,9 +8,10 @@ streams, because 30,000 decoded 512 px images do not fit in memory: per batch of
 encodes, samples latents, decodes with the VAE, and keeps only the CLIP cosines (open_clip
 ViT-g-14) and 256 px copies for FID-30k against COCO val2014 (torch-fidelity).
 
-Outputs under ``results/sd15/``: ``teacher/`` (the fetched diffusers files; ``checkpoint.pt``, a
-manifest naming the source; ``metrics.json``, ``samples.png``), ``runs/<variant>/{checkpoint.pt,
-train_log.csv, metrics.json, samples.png}``, ``summary.csv``. Every knob is in config/sd15.yaml."""
+Outputs under ``results/sd15/``: ``refs/`` (the fetched Inception and CLIP weights), ``teacher/``
+(the fetched diffusers files; ``checkpoint.pt``, a manifest naming the source; ``metrics.json``,
+``samples.png``), ``runs/<variant>/{checkpoint.pt, train_log.csv, metrics.json, samples.png}``,
+``summary.csv``. Every knob is in config/sd15.yaml."""
 
 from __future__ import annotations
 
@@ -30,9 +31,22 @@ from ..distill.trainer import TrainConfig
 from ..errors import ConfigError, MCTError
 from .base import Benchmark, Parts, RunContext
 
+
+def _file_name(url: str) -> str:
+    from ..teachers.download import file_name
+
+    return file_name(url)
+
 log = logging.getLogger(__name__)
 
 DEFAULT_SD_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+# the Inception weights torch-fidelity would otherwise download at the end of an evaluation
+INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
+                 "weights-inception-2015-12-05-6726825d.pth")
+# open_clip's ViT-g-14 / laion2b_s12b_b42k weights (its pretrained table names this hub repo;
+# the safetensors file, which open_clip itself prefers, is plain tensors)
+CLIP_MODEL, CLIP_PRETRAINED = "ViT-g-14", "laion2b_s12b_b42k"
+CLIP_URL = "https://huggingface.co/laion/CLIP-ViT-g-14-laion2B-s12B-b42K/resolve/main/open_clip_model.safetensors"
 MANIFEST_FORMAT = "mct-sd-teacher-v1"
 TEACHER_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}  # weights of the frozen parts
 
@@ -81,9 +95,14 @@ class SDPromptConfig:
 class SDEvalConfig:
     """num_samples: captions (and images) scored (FID-30k: 30000), drawn from ``prompts`` with
     ``prompt_seed``; the latents from ``seed``. ref_dir: reference images (COCO val2014), centre-cropped
-    and clean-resized to fid_size. feature_extractor: torch-fidelity extractor (null: Inception-v3).
-    clip_model / clip_pretrained: open_clip model of the CLIP score (``local-dir:PATH`` for a saved
-    one). teacher_nfe / teacher_sampler / teacher_num_samples: the teacher's own samples."""
+    and clean-resized to fid_size. feature_extractor: torch-fidelity extractor (null: Inception-v3);
+    feature_extractor_weights_path: the Inception weights (offline clusters), else
+    ``results/sd15/refs/`` once ``mct teacher fetch`` downloaded feature_extractor_url (pinned by
+    feature_extractor_sha256 or the lock file). clip_model / clip_pretrained: open_clip model of the
+    CLIP score (``local-dir:PATH`` for a saved one); clip_weights_path: its weights file (offline
+    clusters), else ``results/sd15/refs/`` once fetched from clip_weights_url (pinned by
+    clip_weights_sha256 or the lock file). Evaluation checks all of these before its first sample.
+    teacher_nfe / teacher_sampler / teacher_num_samples: the teacher's own samples."""
 
     prompts: str = "data/coco2014/annotations/captions_val2014.json"
     prompt_seed: int = 0
@@ -97,10 +116,15 @@ class SDEvalConfig:
     center_crop: bool = True
     feature_extractor: Optional[str] = None
     feature_extractor_weights_path: Optional[str] = None
+    feature_extractor_url: str = INCEPTION_URL
+    feature_extractor_sha256: Optional[str] = None
     ref_cache_name: Optional[str] = "coco2014-val-256"
     clip: bool = True
-    clip_model: str = "ViT-g-14"
-    clip_pretrained: Optional[str] = "laion2b_s12b_b42k"
+    clip_model: str = CLIP_MODEL
+    clip_pretrained: Optional[str] = CLIP_PRETRAINED
+    clip_weights_path: Optional[str] = None
+    clip_weights_url: str = CLIP_URL
+    clip_weights_sha256: Optional[str] = None
     clip_batch_size: int = 32
     teacher_nfe: int = 25
     teacher_sampler: str = "euler"
@@ -116,6 +140,10 @@ class SDEvalConfig:
         _one_of("teacher_sampler", self.teacher_sampler, SAMPLERS)
         if self.teacher_sampler == "heun" and self.teacher_nfe % 2 == 0:
             raise ConfigError(f"teacher_nfe must be odd for the Heun sampler, got {self.teacher_nfe}")
+        if (self.clip and self.clip_pretrained and not self.clip_weights_path and self.clip_weights_url == CLIP_URL
+                and (self.clip_model, self.clip_pretrained) != (CLIP_MODEL, CLIP_PRETRAINED)):
+            raise ConfigError(f"clip_weights_url is the file of {CLIP_MODEL}/{CLIP_PRETRAINED}: for "
+                              f"{self.clip_model}/{self.clip_pretrained} set clip_weights_url or clip_weights_path")
 
 
 def _sd_train_default() -> TrainConfig:
@@ -128,7 +156,8 @@ def _sd_train_default() -> TrainConfig:
 class SD15Config:
     """The sd15 section. sigma_g: the generator's fixed level. init: 'teacher' (copies of the teacher
     U-Net) or 'random' (the ablation). precision: autocast of the generator and student U-Nets on
-    CUDA (fp32, bf16, fp16; float32 weights). gradient_checkpointing: trade their compute for memory."""
+    CUDA (fp32, bf16, fp16; float32 weights). gradient_checkpointing: trade their compute for memory.
+    lock_file: where trust-on-first-use sha256 pins of the evaluation weights are recorded (commit it)."""
 
     teacher: SDTeacherConfig = field(default_factory=SDTeacherConfig)
     prompts: SDPromptConfig = field(default_factory=SDPromptConfig)
@@ -139,6 +168,7 @@ class SD15Config:
     em: EMConfig = field(default_factory=lambda: EMConfig(num_steps=8, gamma_eps=0.1, gamma_z=0.05))
     train: TrainConfig = field(default_factory=_sd_train_default)
     eval: SDEvalConfig = field(default_factory=SDEvalConfig)
+    lock_file: str = "config/checksums.lock.yaml"
     variants: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -167,12 +197,20 @@ class SD15(Benchmark):
     name = "sd15"
     config_cls = SD15Config
     stages = ("teacher_fetch", "teacher_eval", "distill", "evaluate", "summarize")
-    untrained_keys = Benchmark.untrained_keys + ("gradient_checkpointing",)
+    untrained_keys = Benchmark.untrained_keys + ("gradient_checkpointing", "lock_file")
     summary_metrics = ("fid", "clip_score", "num_samples")
     scores_every_seed = False  # its streamed evaluate scores one training seed
 
     def settings(self, cfg: SD15Config) -> dict:
         return {**super().settings(cfg), "guidance": cfg.teacher.guidance, "sigma_g": cfg.sigma_g}
+
+    def network_bytes(self, cfg: SD15Config):
+        """Generator and student are float32 copies of SD v1.5's U-Net (built on the meta device)."""
+        from ..checkpoint import module_bytes
+        from ..teachers.sd import sd15_unet_on_meta
+
+        size = module_bytes(sd15_unet_on_meta())
+        return size, size
 
     # ------------------------------------------------------------------ teacher and prompts
 
@@ -194,14 +232,71 @@ class SD15(Benchmark):
     def train_prompts(self, cfg: SD15Config) -> list[str]:
         return _load_prompts(cfg.prompts.train, cfg.prompts.num_train, cfg.prompts.seed)
 
+    # ------------------------------------------------------------------ evaluation inputs
+
+    def feature_weights_file(self, cfg: SD15Config, ctx: RunContext) -> Optional[Path]:
+        """The Inception weights FID reads: eval.feature_extractor_weights_path, else the fetched copy
+        under refs/; None when FID is off or another extractor brings its own."""
+        ev = cfg.eval
+        if not ev.fid:
+            return None
+        if ev.feature_extractor_weights_path:
+            return Path(ev.feature_extractor_weights_path).expanduser()
+        if ev.feature_extractor not in (None, "inception-v3-compat"):
+            return None
+        return ctx.bench_dir(self.name) / "refs" / _file_name(ev.feature_extractor_url)
+
+    def clip_weights_file(self, cfg: SD15Config, ctx: RunContext) -> Optional[Path]:
+        """The open_clip weights the CLIP score reads: eval.clip_weights_path, else the fetched copy under
+        refs/; None when the CLIP score is off, the model is a ``local-dir:`` folder or has no pretrained tag."""
+        ev = cfg.eval
+        if not ev.clip or ev.clip_model.startswith("local-dir:") or not (ev.clip_pretrained or ev.clip_weights_path):
+            return None
+        if ev.clip_weights_path:
+            return Path(ev.clip_weights_path).expanduser()
+        return ctx.bench_dir(self.name) / "refs" / _file_name(ev.clip_weights_url)
+
+    def preflight(self, cfg: SD15Config, ctx: RunContext) -> None:
+        """Every file an evaluation reads besides the run, checked before the first sample (one
+        MCTError naming each missing one and the key or command that provides it): the captions,
+        the reference images of FID, the Inception weights and the CLIP weights."""
+        from ..metrics.clip import IMAGE_EXTS
+        from ..metrics.inception import check_weights_file
+
+        ev, fetch = cfg.eval, f"`mct teacher fetch --bench {self.name}`"
+        missing = []
+        if not Path(ev.prompts).is_file():
+            missing.append(f"captions {ev.prompts} (eval.prompts; COCO files are not fetched)")
+        if ev.fid:
+            ref = Path(ev.ref_dir)
+            if not (ref.is_dir() and any(f.suffix.lower() in IMAGE_EXTS for f in ref.rglob("*"))):
+                missing.append(f"FID reference images in {ev.ref_dir} (eval.ref_dir; COCO val2014 is not fetched)")
+            weights = self.feature_weights_file(cfg, ctx)
+            if weights is not None and not weights.is_file():
+                missing.append(f"Inception weights {weights} (eval.feature_extractor_weights_path, or {fetch})")
+            elif weights is not None:
+                check_weights_file(weights)  # torch-fidelity unpickles it: plain tensors only
+        if ev.clip:
+            weights = self.clip_weights_file(cfg, ctx)
+            if weights is not None and not weights.is_file():
+                missing.append(f"CLIP {ev.clip_model} weights {weights} (eval.clip_weights_path, or {fetch})")
+            folder = ev.clip_model[len("local-dir:"):] if ev.clip_model.startswith("local-dir:") else None
+            if folder is not None and not Path(folder).is_dir():
+                missing.append(f"CLIP model folder {folder} (eval.clip_model)")
+        if missing:
+            raise MCTError(f"{self.name} evaluation cannot start, missing: " + "; ".join(missing))
+
     def teacher_fetch(self, section: dict, ctx: RunContext) -> dict:
         """The diffusers files -> teacher/, and teacher/checkpoint.pt: a manifest naming the source
-        (what the pipeline tracks as the teacher; not weights)."""
+        (what the pipeline tracks as the teacher; not weights); then the evaluation's Inception and
+        CLIP weights -> refs/ (sha256-pinned: the configured digest, else the lock file's), unless
+        local copies are configured (then they are checked against a configured digest)."""
         from ..io import torch_save
+        from ..teachers.download import fetch_or_local
         from ..teachers.sd import fetch_sd
 
         cfg = self.parse(section)
-        t = cfg.teacher
+        t, ev = cfg.teacher, cfg.eval
         if Path(t.model).expanduser().is_dir():
             log.info("teacher.model is a local directory (%s); nothing to fetch", t.model)
             source = str(Path(t.model).expanduser())
@@ -210,16 +305,25 @@ class SD15(Benchmark):
                            "unset it or point teacher.model at a local directory")
         else:
             source = str(fetch_sd(t.model, ctx.bench_dir(self.name) / "teacher", t.revision, t.variant, t.sha256))
+        fetched = {}
+        for key, dest, url, sha, local in (
+                ("feature_weights", self.feature_weights_file(cfg, ctx), ev.feature_extractor_url,
+                 ev.feature_extractor_sha256, ev.feature_extractor_weights_path),
+                ("clip_weights", self.clip_weights_file(cfg, ctx), ev.clip_weights_url, ev.clip_weights_sha256,
+                 ev.clip_weights_path)):
+            if dest is not None:
+                fetched[key] = str(fetch_or_local(url, sha, local, dest, cfg.lock_file, ctx.progress))
         torch_save(ctx.bench_dir(self.name) / "teacher" / "checkpoint.pt", {
             "format": MANIFEST_FORMAT, "source": source, "model": t.model, "revision": t.revision or "",
             "variant": t.variant or "", "sha256": dict(t.sha256)})
-        return {"source": source}
+        return {"source": source, **fetched}
 
     # ------------------------------------------------------------------ distillation hooks
 
-    def distill(self, section: dict, ctx: RunContext, variant: str, resume: str = "auto", stop_after=None) -> dict:
+    def distill(self, section: dict, ctx: RunContext, variant: str, resume: str = "auto", stop_after=None,
+                deadline=None) -> dict:
         self.train_prompts(self.parse(section, variant))  # a bad prompt file fails before any folder exists
-        return super().distill(section, ctx, variant, resume, stop_after)
+        return super().distill(section, ctx, variant, resume, stop_after, deadline)
 
     def build(self, cfg: SD15Config, ctx: RunContext) -> Parts:
         teacher = self.teacher(cfg, ctx)
@@ -261,14 +365,18 @@ class SD15(Benchmark):
 
         ev, teacher = cfg.eval, self.teacher(cfg, ctx)
         cache_root = str(ctx.bench_dir(self.name) / "fid_cache") if ev.ref_cache_name else None
-        return score_text_to_image(
+        weights, clip_file = self.feature_weights_file(cfg, ctx), self.clip_weights_file(cfg, ctx)
+        m = score_text_to_image(
             load_prompts(ev.prompts, num, ev.prompt_seed), sample, teacher.encode, teacher.decode, teacher.latent_shape,
             seed=ev.seed, batch_size=ev.batch_size, device=ctx.device, clip=ev.clip, clip_model=ev.clip_model,
-            clip_pretrained=ev.clip_pretrained, clip_batch_size=ev.clip_batch_size, fid=ev.fid, ref_dir=ev.ref_dir,
-            fid_size=ev.fid_size, center_crop=ev.center_crop, feature_extractor=ev.feature_extractor,
-            feature_extractor_weights_path=ev.feature_extractor_weights_path, cache_root=cache_root,
-            ref_cache_name=ev.ref_cache_name, ref_limit=ev.ref_limit, grid=ev.grid, grid_path=grid_path,
-            progress=ctx.progress, desc=desc)
+            clip_pretrained=str(clip_file) if clip_file else ev.clip_pretrained, clip_batch_size=ev.clip_batch_size,
+            fid=ev.fid, ref_dir=ev.ref_dir, fid_size=ev.fid_size, center_crop=ev.center_crop,
+            feature_extractor=ev.feature_extractor, feature_extractor_weights_path=str(weights) if weights else None,
+            cache_root=cache_root, ref_cache_name=ev.ref_cache_name, ref_limit=ev.ref_limit, grid=ev.grid,
+            grid_path=grid_path, progress=ctx.progress, desc=desc)
+        if "clip_model" in m:  # the model and its tag, not the local file it was read from
+            m["clip_model"] = f"{ev.clip_model}/{ev.clip_pretrained}"
+        return m
 
     NOT_SCORES = ("num_samples", "sample_seconds", "samples_per_second", "eval_seconds", "clip_model")
 
@@ -278,6 +386,7 @@ class SD15(Benchmark):
         from ..io import stage_outputs
 
         cfg = self.setup(section, variant)
+        self.preflight(cfg, ctx)  # a missing weight file fails now, not after 30,000 samples
         gen, state = self.load_generator(cfg, ctx, variant)
         with stage_outputs(ctx.run_dir(self.name, variant), "evaluate", self.run_hash(cfg)) as out:
             m = self._score(cfg, ctx, gen, cfg.eval.num_samples, out.path("samples.png"), f"evaluate sd15 {variant}")
@@ -297,6 +406,7 @@ class SD15(Benchmark):
         from ..records import Scores, TeacherMetrics, TeacherRow, provenance
 
         cfg = self.setup(section)
+        self.preflight(cfg, ctx)
         ev, teacher = cfg.eval, self.teacher(cfg, ctx)
         guided, measured = teacher.guided(cfg.teacher.guidance), []
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from time import monotonic  # the deadline's clock (tests replace it)
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -20,7 +21,7 @@ from .. import distributed as D
 from ..checkpoint import DISTILL_FORMAT, CheckpointIO, read_checkpoint
 from ..config import config_hash, to_dict
 from ..diffusion.edm import SigmaDist
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, TimeLimitReached
 from ..io import ensure_writable_dir, write_csv
 from .em import EMConfig
 from .step import PRECISIONS, DistillStep, all_finite
@@ -123,7 +124,7 @@ def distill(run_dir: str | Path, *, teacher: Callable, generator: nn.Module, stu
             pre_train: Optional[Callable[[torch.Generator], None]] = None,
             evaluate: Optional[Callable[[nn.Module, int], dict]] = None,
             device: str | torch.device = "cpu", progress: bool = True, extra_config: Optional[dict] = None,
-            stop_after: Optional[int] = None) -> dict:
+            stop_after: Optional[int] = None, deadline: Optional[float] = None) -> dict:
     """Distil ``teacher`` into the one-step ``generator`` by EM (docs/method.md#training-loop).
 
     Each iteration is one call of :class:`DistillStep`: draw z0, eps0, sigma; E-step (K
@@ -139,7 +140,12 @@ def distill(run_dir: str | Path, *, teacher: Callable, generator: nn.Module, stu
     weights as an uninterrupted run. ``pre_train(rng)`` runs once on a fresh start (e.g.
     regressing the generator onto the teacher); ``evaluate(ema, it)`` every ``eval_every``
     iterations adds columns to ``run_dir/eval_log.csv``. ``stop_after`` ends early after that
-    iteration (tests). Returns a summary dict (iterations, seconds, final losses, config hash).
+    iteration (tests). ``deadline`` (a ``time.monotonic()`` value): stop cleanly before it, at the
+    last iteration after which one more iteration and a checkpoint would not fit (their
+    measured durations), with a checkpoint of that iteration, and raise
+    :class:`~mct.errors.TimeLimitReached` (a cluster job at its runtime limit; the rerun
+    resumes and ends as an uninterrupted run would). Returns a summary dict (iterations,
+    seconds, final losses, config hash).
 
     Under ``torchrun`` (mct.distributed) the generator and the student score are wrapped in
     DistributedDataParallel; every rank draws the global batch's random numbers from the
@@ -216,20 +222,26 @@ def distill(run_dir: str | Path, *, teacher: Callable, generator: nn.Module, stu
         if eval_rows:
             write_csv(run_dir / "eval_log.csv", eval_rows)
 
+    save_seconds = [0.0]  # the last checkpoint's write time (the deadline check reserves it)
+
     def save(it: int) -> Path:
         if rank != 0:
             return ckio.path(it)
+        t_save = time.perf_counter()
         path = ckio.save(it, {"format": DISTILL_FORMAT, "iteration": it, "config_hash": cfg_hash,
                               "config": cfg_record, **step.state_dict(), "log": rows, "eval_log": eval_rows,
                               "seconds": elapsed_before + time.perf_counter() - t0, "world_size": world})
         write_logs()
+        save_seconds[0] = time.perf_counter() - t_save
         return path
 
     end_it = train.iterations if stop_after is None else min(train.iterations, stop_after)
     bar = tqdm(range(start_it, end_it), initial=start_it, total=train.iterations, disable=not progress or rank != 0,
                desc=f"distill {run_dir.name}", dynamic_ncols=True, mininterval=1.0)
     loss_g = loss_s = torch.tensor(float("nan"))
+    slowest = 0.0  # the longest iteration of this job so far (the deadline reserves one more)
     for it in bar:
+        t_it = time.perf_counter()
         out = step(it, last_good)
         loss_g, loss_s, loss_value = out.loss_g, out.loss_s, out.loss_value
         done = it + 1
@@ -246,8 +258,22 @@ def distill(run_dir: str | Path, *, teacher: Callable, generator: nn.Module, stu
         if evaluate is not None and train.eval_every and rank == 0 and (done % train.eval_every == 0
                                                                         or done == train.iterations):
             eval_rows.append({"iteration": done, **evaluate(step.ema, done)})
-        if done % train.checkpoint_every == 0 or done == end_it:
+        saved = done % train.checkpoint_every == 0 or done == end_it
+        if saved:
             last_good = save(done)
+        took = time.perf_counter() - t_it - (save_seconds[0] if saved else 0.0)
+        # from the second iteration on, the first one's warm-up (torch.compile, allocator) no longer counts
+        slowest = took if it == start_it + 1 else max(slowest, took)
+        if deadline is not None and done < end_it:
+            stop = monotonic() + slowest + max(save_seconds[0], slowest) > deadline
+            if D.broadcast_object(stop):  # rank 0's clock decides for every rank
+                if not saved:
+                    last_good = save(done)
+                bar.close()
+                D.barrier()
+                raise TimeLimitReached(f"distill {run_dir.name} stopped before its time limit after iteration "
+                                       f"{done} of {train.iterations} (checkpoint {ckio.path(done).name} saved); "
+                                       "rerun the same command to resume")
     bar.close()
     if start_it >= end_it and last_good is None:
         last_good = save(end_it)

@@ -14,6 +14,12 @@ import yaml
 from ..config import load_yaml
 from ..errors import ConfigError
 from .jobs import Pipeline
+from .stages import is_committed
+
+
+def _out(path: str, directory: bool = False):
+    """An output entry: git tracks the committed ones (mct.pipeline.stages.is_committed), DVC caches the rest."""
+    return {path: {"cache": False}} if is_committed(path, directory) else path
 
 
 def dvc_stages(pipeline: Pipeline) -> dict:
@@ -24,11 +30,11 @@ def dvc_stages(pipeline: Pipeline) -> dict:
         if j.param_keys:
             st["params"] = [{pipeline.config_path: list(j.param_keys)}]
         if j.outs:
-            st["outs"] = list(j.outs)
+            st["outs"] = [_out(p, j.directory) for p in j.outs]
         if j.metrics:
-            st["metrics"] = list(j.metrics)
+            st["metrics"] = [_out(p) for p in j.metrics]
         if j.plots:
-            st["plots"] = [{p: {"x": "iteration"}} for p in j.plots]
+            st["plots"] = [{p: {"x": "iteration", **({"cache": False} if is_committed(p) else {})}} for p in j.plots]
         stages[j.name] = st
     return {"stages": stages}
 

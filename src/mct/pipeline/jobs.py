@@ -66,6 +66,11 @@ class Job:
         return self.outs + self.metrics + self.plots
 
     @property
+    def directory(self) -> bool:
+        """The stage's outputs are folders (``export/<variant>``, ``bench``)."""
+        return STAGES[self.stage].directory
+
+    @property
     def inputs(self) -> list[str]:
         return list(self.deps) + list(self.code)
 

@@ -5,6 +5,7 @@ data-parallel stage that gets more than one GPU."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -22,7 +23,9 @@ class ResourceSpec:
     gpus: GPUs per job (Snakemake resource ``gpu``, which the SLURM executor turns into
     ``--gpus``). cpus: threads (``--cpus-per-task``). mem_mb: memory in MB. runtime:
     wall-clock limit in minutes. gpu_model, partition (``slurm_partition``),
-    slurm_extra: passed to the SLURM executor as they are."""
+    slurm_extra: passed to the SLURM executor as they are. segments (distill only): the
+    jobs a run is split into at its runtime limit (``mct plan`` derives it); the workflow
+    resubmits a distill job that stopped at its limit up to segments - 1 extra times."""
 
     gpus: Optional[int] = None
     cpus: Optional[int] = None
@@ -31,6 +34,7 @@ class ResourceSpec:
     gpu_model: Optional[str] = None
     partition: Optional[str] = None
     slurm_extra: Optional[str] = None
+    segments: Optional[int] = field(default=None, metadata={"range": (1, 1000)})
 
     def __post_init__(self):
         for name, lo in (("gpus", 0), ("cpus", 1), ("mem_mb", 1), ("runtime", 1)):
@@ -43,13 +47,33 @@ class ResourceSpec:
 class ClusterConfig:
     """The ``cluster`` section: resources per job for ``--profile workflow/profiles/slurm``
     (and ``threads`` locally). ``stages`` maps a stage name (distill, evaluate, ...) to
-    resources; ``benchmarks`` maps a benchmark to {'default' or a stage name: resources}."""
+    resources; ``benchmarks`` maps a benchmark to {'default' or a stage name: resources}.
+
+    What the cluster offers, for the run plan (``mct plan``, ``mct config check``):
+    gpu_type names the GPU whose projected hours the plan reads from a rehearsal record
+    (``H100-80GB``, ``A100-80GB``); gpu_mem_gb is the memory of one GPU in GB (1e9 bytes;
+    default: the size in gpu_type's name); gpus_per_node bounds a job's GPUs (one job runs
+    on one node: ``torchrun --standalone``); max_runtime is the longest job the cluster
+    allows, in minutes (the plan splits a longer run into segments)."""
 
     default: ResourceSpec = field(default_factory=ResourceSpec)
     stages: dict[str, ResourceSpec] = field(default_factory=dict)
     benchmarks: dict[str, dict[str, ResourceSpec]] = field(default_factory=dict)
+    gpu_type: str = "H100-80GB"
+    gpu_mem_gb: Optional[float] = field(default=None, metadata={"range": (1.0, 1e4)})
+    gpus_per_node: int = field(default=8, metadata={"range": (1, 1024)})
+    max_runtime: int = field(default=2880, metadata={"range": (1, 10**6)})
+
+    @property
+    def gpu_memory_gb(self) -> float:
+        """gpu_mem_gb, else the number before 'GB' in gpu_type (H100-80GB: 80)."""
+        if self.gpu_mem_gb is not None:
+            return self.gpu_mem_gb
+        return float(re.search(r"(\d+(?:\.\d+)?)\s*GB", self.gpu_type, re.I).group(1))
 
     def __post_init__(self):
+        if self.gpu_mem_gb is None and not re.search(r"\d+(?:\.\d+)?\s*GB", self.gpu_type, re.I):
+            raise ConfigError(f"gpu_type {self.gpu_type!r} names no memory size (like H100-80GB): set gpu_mem_gb")
         from ..benchmarks.base import REGISTRY  # the names only: imports no benchmark
 
         for st in self.stages:
@@ -95,6 +119,16 @@ def resolve_resources(cluster: ClusterConfig, stage: str, bench: Optional[str], 
         if merged.get(key) is not None:
             out[name] = merged[key]
     return out
+
+
+def segments_of(cluster: ClusterConfig, bench: str) -> int:
+    """The runtime-limit segments of ``bench``'s distill jobs (1 when none is declared), read
+    like any other resource of the distill stage (the most specific level wins)."""
+    per = cluster.benchmarks.get(bench, {})
+    for lvl in (per.get("distill"), per.get("default"), cluster.stages.get("distill"), cluster.default):
+        if lvl is not None and lvl.segments is not None:
+            return lvl.segments
+    return 1
 
 
 # stages launched with one process per GPU (``torchrun``) when their job has more than one GPU

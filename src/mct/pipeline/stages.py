@@ -74,6 +74,21 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("report", ("report",), "global", outs=("report.html",), doc="the HTML report"),
 )}
 
+# The reference run of config/default.yaml is committed to git (README "Results"): the small,
+# human-readable outputs (records, tables, completion records, the report). Checkpoints, sample
+# arrays and images stay DVC-cached outputs. dvc.yaml marks the committed ones ``cache: false``
+# (DVC refuses to cache a file git tracks); .gitignore lists the same rule (a test checks both).
+COMMITTED_SUFFIXES = (".json", ".csv", ".html")
+
+
+def is_committed(path: str, directory: bool = False) -> bool:
+    """Whether a stage output is committed to git rather than cached by DVC (a directory output
+    counts as committed when it holds records only: ``bench/``)."""
+    if directory:
+        return posixpath.basename(path.rstrip("/")) == "bench"
+    return path.endswith(COMMITTED_SUFFIXES)
+
+
 BENCH_STAGES = tuple(n for n, s in STAGES.items() if s.scope != "global")
 GLOBAL_STAGES = tuple(n for n, s in STAGES.items() if s.scope == "global")
 # the module a global stage runs (its code dependencies start there)

@@ -69,17 +69,6 @@ class BenchResults:
                 return floor.metrics[metric]
         return None
 
-    def seed_spread(self, metric: str) -> Optional[float]:
-        """|difference| of ``metric`` between the reference and runs that differ from it only in
-        the seed: the noise level an ablation difference has to beat (None without such runs)."""
-        ref = self.reference
-        if ref is None or metric not in self.runs[ref].scores.metrics:
-            return None
-        base = self.runs[ref]
-        diffs = [abs(r.scores.metrics[metric] - base.scores.metrics[metric]) for v, r in self.runs.items()
-                 if v != ref and metric in r.scores.metrics and set(setting_diff(base, r)) == {"seed"}]
-        return max(diffs) if diffs else None
-
 
 def setting_diff(a: RunMetrics, b: RunMetrics) -> dict[str, object]:
     """The settings of ``b`` that differ from ``a`` (name -> b's value)."""

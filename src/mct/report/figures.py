@@ -100,9 +100,10 @@ def log_if_spread(ax, values, axis: str = "y", ratio: float = 5.0) -> bool:
 
 # --- results figures ----------------------------------------------------------------
 
-def teacher_vs_student(teacher: dict[int, Optional[float]], students: dict[str, Optional[float]], metric: str,
+def teacher_vs_student(teacher: dict[int, Optional[float]], students: dict[str, object], metric: str,
                        bench: str, floor: Optional[float] = None) -> Optional[Figure]:
-    """Teacher metric against NFE (line) with one-step students as stars at NFE 1."""
+    """Teacher metric against NFE (line) with one-step students (``students``: run -> Interval over
+    its seeds) as stars at NFE 1 with their 95 % interval."""
     t = sorted((n, v) for n, v in teacher.items() if v is not None)
     students = {k: v for k, v in students.items() if v is not None}
     if not t:
@@ -113,16 +114,17 @@ def teacher_vs_student(teacher: dict[int, Optional[float]], students: dict[str, 
         ax.plot([n for n, _ in t], [v for _, v in t], "o-", color=ABLATION_COLORS["teacher"], label="teacher (multi-step)")
         for n, v in t:
             ax.annotate(f"{v:.2f}", (n, v), textcoords="offset points", xytext=(4, 5), fontsize=8)
-        for i, (name, v) in enumerate(students.items()):
-            ax.plot([1], [v], marker="*", markersize=13, linestyle="none", color=variant_color(name, i),
-                    label=f"student {name} (1 step): {v:.2f}")
+        for i, (name, iv) in enumerate(students.items()):
+            err = None if iv.lo is None else [[iv.mean - iv.lo], [iv.hi - iv.mean]]
+            ax.errorbar([1], [iv.mean], yerr=err, marker="*", markersize=13, linestyle="none", capsize=3,
+                        color=variant_color(name, i), label=f"student {name} (1 step): {iv.mean:.2f}, n={iv.n}")
         if floor is not None:
             ax.axhline(floor, color="#888888", linestyle=":", linewidth=1, label=f"real-vs-real floor {floor:.2f}")
         ax.set_xscale("log")
         ticks = sorted({1, *[int(n) for n, _ in t]})
         ax.set_xticks(ticks, [str(n) for n in ticks])
         ax.minorticks_off()
-        logy = log_if_spread(ax, [v for _, v in t] + list(students.values()))
+        logy = log_if_spread(ax, [v for _, v in t] + [iv.mean for iv in students.values()])
         if not logy:
             ax.set_ylim(bottom=0)
         ax.set_xlabel("NFE (log scale)")
@@ -130,18 +132,24 @@ def teacher_vs_student(teacher: dict[int, Optional[float]], students: dict[str, 
         ax.set_title(f"{bench}: quality against sampling cost")
         ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.02, 1.0))
         best_n, best = min(t, key=lambda p: p[1])
-        caption = (f"{metric_label(metric)} of the teacher: {t[0][1]:.2f} at {t[0][0]} NFE, {t[-1][1]:.2f} at "
-                   f"{t[-1][0]} NFE (best {best:.2f} at {best_n} NFE).")
-        for name, v in students.items():
-            verdict = "at or below" if v <= best else f"{v / best:.2f}\u00d7"
-            caption += f" {name} in one step: {v:.2f}, {verdict} the teacher's best, at 1/{best_n} of its NFE."
-        return _render(fig, caption, f"{bench} {metric} against NFE", "nfe")
+        caption = f"{metric_label(metric)} of the teacher: " + (
+            f"{t[0][1]:.2f} at {t[0][0]} NFE, {t[-1][1]:.2f} at {t[-1][0]} NFE (best {best:.2f} at {best_n} NFE)."
+            if len(t) > 1 else f"{best:.2f} at {best_n} NFE (one evaluation).")
+        for name, iv in students.items():
+            where = ("below" if iv.hi < best else "above" if iv.lo > best else "not distinguishable from") \
+                if iv.lo is not None else "one seed, not compared with"
+            caption += (f" {name} in one step: {iv.mean:.2f}" + (f" [{iv.lo:.2f}, {iv.hi:.2f}] over {iv.n} seeds"
+                                                                  if iv.lo is not None else " (1 seed)")
+                        + f", {iv.mean / best:.2f}\u00d7 the teacher's best ({where} it), at 1/{best_n} of its NFE.")
+        return _render(fig, caption + (" Log axis: the values span more than a factor of 5." if logy else ""),
+                       f"{bench} {metric} against NFE", "nfe")
 
 
-def ablation_bars(values: dict[str, dict[str, float]], metrics: Sequence[str], bench: str, ref: Optional[str],
+def ablation_bars(values: dict[str, dict[str, object]], metrics: Sequence[str], bench: str, ref: Optional[str],
                   caption: str) -> Optional[Figure]:
-    """One panel per metric, one bar per run (``values``: run -> metric -> value); a log axis
-    when one run is an outlier (say, a random initialisation)."""
+    """One panel per metric, one bar per run (``values``: run -> metric -> Interval over its seeds),
+    the 95 % interval as an error bar; a log axis when one run is an outlier (say, a random
+    initialisation), and the caption says so."""
     metrics = [m for m in metrics if sum(m in v for v in values.values()) >= 2]
     if not metrics:
         return None
@@ -150,26 +158,33 @@ def ablation_bars(values: dict[str, dict[str, float]], metrics: Sequence[str], b
         fig, axes = _new(min(3.4 * len(metrics) + 0.6, 10), 2.9, ncols=len(metrics))
         for ax, m in zip(axes[0], metrics):
             runs = [(v, d[m]) for v, d in values.items() if m in d]
-            ax.bar(range(len(runs)), [x for _, x in runs], color=[variant_color(v, i) if v != ref else MAIN_COLOR
-                                                                   for i, (v, _) in enumerate(runs)])
-            ax.set_xticks(range(len(runs)), [v for v, _ in runs], rotation=25, ha="right")
-            for i, (_, x) in enumerate(runs):
-                ax.annotate(f"{x:.3g}", (i, x), ha="center", va="bottom", fontsize=8, xytext=(0, 2),
-                            textcoords="offset points")
-            if log_if_spread(ax, [x for _, x in runs]):
+            ax.bar(range(len(runs)), [iv.mean for _, iv in runs],
+                   color=[variant_color(v, i) if v != ref else MAIN_COLOR for i, (v, _) in enumerate(runs)])
+            for i, (_, iv) in enumerate(runs):
+                if iv.lo is not None:
+                    ax.errorbar([i], [iv.mean], yerr=[[iv.mean - iv.lo], [iv.hi - iv.mean]], color="#222222",
+                                capsize=3, linewidth=1)
+            ax.set_xticks(range(len(runs)), [f"{v}\n(n={iv.n})" for v, iv in runs], rotation=25, ha="right")
+            for i, (_, iv) in enumerate(runs):
+                ax.annotate(f"{iv.mean:.3g}", (i, iv.hi if iv.hi is not None else iv.mean), ha="center", va="bottom",
+                            fontsize=8, xytext=(0, 2), textcoords="offset points")
+            if min(iv.mean for _, iv in runs) > 0 and log_if_spread(ax, [iv.mean for _, iv in runs]):  # a 0 stays visible
                 logged.append(metric_label(m))
             else:
                 ax.set_ylim(bottom=0)
                 ax.ticklabel_format(axis="y", useOffset=False)
             ax.set_title(metric_label(m))
             ax.margins(y=0.15)
-        note = f" Log axis for {', '.join(logged)}: the values span more than a factor of 5." if logged else ""
-        return _render(fig, caption + note, f"{bench} ablation bars", "ablation")
+        note = (f" Log axis for {', '.join(logged)}: the values span more than a factor of 5, and a linear axis "
+                "would flatten every other bar." if logged else "")
+        return _render(fig, caption + " Bars: mean over seeds; error bars: 95 % interval (none for one seed)." + note,
+                       f"{bench} ablation bars", "ablation")
 
 
-def sweep(data: dict[str, list[tuple[float, float, str]]], xlabel: str, log_base: Optional[int],
+def sweep(data: dict[str, list[tuple[float, object, str]]], xlabel: str, log_base: Optional[int],
           bounds: dict[str, tuple[float, Optional[float]]], caption: str, alt: str, slug: str) -> Optional[Figure]:
-    """Each metric against one knob: every run a point, the line through the mean at each value.
+    """Each metric against one knob: one point per run (``data``: metric -> (x, Interval, run)), the
+    mean over its seeds with its 95 % interval as an error bar (a hollow point: one seed, no bar).
     The y axis spans the metric's natural range (``bounds``: from 0, to its maximum where it has
     one), so that a difference in the third decimal does not look like a trend."""
     if not data:
@@ -177,24 +192,30 @@ def sweep(data: dict[str, list[tuple[float, float, str]]], xlabel: str, log_base
     with _style(), _context():
         fig, axes = _new(min(3.4 * len(data) + 0.6, 10), 2.8, ncols=len(data))
         for ax, (m, pts) in zip(axes[0], data.items()):
-            xs = sorted({x for x, _, _ in pts})
-            mean = [float(np.mean([y for x2, y, _ in pts if x2 == x])) for x in xs]
-            ax.plot(xs, mean, "-", color=MAIN_COLOR)
-            ax.plot([x for x, _, _ in pts], [y for _, y, _ in pts], "o", color=MAIN_COLOR)
+            pts = sorted(pts, key=lambda p: p[0])
+            xs = [x for x, _, _ in pts]
+            ys = [iv.mean for _, iv, _ in pts]
+            ax.plot(xs, ys, "-", color=MAIN_COLOR, linewidth=1)
+            for x, iv, _ in pts:
+                if iv.lo is not None:
+                    ax.errorbar([x], [iv.mean], yerr=[[iv.mean - iv.lo], [iv.hi - iv.mean]], fmt="o", color=MAIN_COLOR,
+                                capsize=3, markersize=5)
+                else:
+                    ax.plot([x], [iv.mean], "o", markerfacecolor="white", color=MAIN_COLOR, markersize=5)
             if log_base is None:
                 ax.set_xscale("log")
             else:
                 ax.set_xscale("log", base=log_base)
                 ax.set_xticks(xs, [f"{x:g}" for x in xs])
                 ax.minorticks_off()
-            lo, hi = bounds.get(m, (0.0, None))
-            ys = [y for _, y, _ in pts]
-            if not log_if_spread(ax, ys, ratio=20.0):
-                top = max(hi if hi is not None else max(ys) * 1.15, max(ys))
-                ax.set_ylim(min(lo, min(ys)), top * 1.04)  # a little headroom: points on the bound stay visible
+            lo, hi = bounds.get(m, (0.0, None))  # linear from the bound, always: the caption says so
+            tops = [iv.hi if iv.hi is not None else iv.mean for _, iv, _ in pts]
+            top = max(hi if hi is not None else max(tops) * 1.15, max(tops))
+            bottom = min([lo] + [iv.lo if iv.lo is not None else iv.mean for _, iv, _ in pts])
+            ax.set_ylim(bottom, top * 1.04)  # a little headroom: points on the bound stay visible
             ax.set_xlabel(xlabel)
             ax.set_title(metric_label(m))
-            ax.ticklabel_format(axis="y", useOffset=False) if ax.get_yscale() == "linear" else None
+            ax.ticklabel_format(axis="y", useOffset=False)
         return _render(fig, caption, alt, slug)
 
 
@@ -202,7 +223,7 @@ def _smooth(s: pd.Series, n: int) -> pd.Series:
     return s.rolling(max(1, n), min_periods=1, center=True).mean()
 
 
-def grad_variance(logs: dict[str, pd.DataFrame], bench: str) -> Optional[Figure]:
+def grad_variance(logs: dict[str, pd.DataFrame], bench: str, caption: str = "") -> Optional[Figure]:
     """Generator gradient norm over training (mean and rolling spread) per variant."""
     logs = {v: d for v, d in logs.items() if "grad_norm_g" in d and "iteration" in d and d["grad_norm_g"].notna().any()}
     if not logs:
@@ -234,9 +255,8 @@ def grad_variance(logs: dict[str, pd.DataFrame], bench: str) -> Optional[Figure]
             ax.set_title("E-step eps and tracked linear noise nu")
             ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         return _render(fig, "Noise cancellation subtracts the tracked linear noise term nu from eps before the "
-                            "M-step, which only removes variance. Look for a narrower band (smaller spread of "
-                            "the gradient norm) for mct than for no-nc; right: how much of eps is pure noise.",
-                       f"{bench} gradient variance", "gradvar")
+                            "M-step. Left: the generator's gradient norm (rolling mean \u00b1 std); right: eps and "
+                            "its tracked noise. " + caption, f"{bench} gradient variance", "gradvar")
 
 
 def grad_var_bars(rows: list[dict], bench: str) -> Optional[Figure]:
@@ -259,32 +279,55 @@ def grad_var_bars(rows: list[dict], bench: str) -> Optional[Figure]:
         ratios = [r["no_nc"] / r["nc"] for r in d if r["nc"]]
         return _render(fig, "For each run's final generator, one E-step per fixed batch, then the M-step gradient with "
                             "eps_K - nu_K (blue) and with eps_K (purple). Without cancellation the variance is "
-                            f"{min(ratios):.2f}\u00d7 to {max(ratios):.2f}\u00d7 that with it.",
+                            f"{min(ratios):.3g}\u00d7 to {max(ratios):.3g}\u00d7 that with it (means over seeds). "
+                            "Log axis: variances of different runs span orders of magnitude.",
                        f"{bench} gradient variance bars", "gradvarbars")
 
 
-def metric_vs_iteration(curves: dict[str, list[tuple[int, float]]], metric: str, bench: str) -> Optional[Figure]:
-    """The metric measured during training, per run (log axis when a run starts far above the rest)."""
+def split_outliers(levels: dict[str, float], factor: float = 5.0) -> tuple[list[str], list[str]]:
+    """(the runs, the outliers): a run whose typical level is more than ``factor`` times the median
+    of all runs' levels gets its own panel, so that it does not flatten the others."""
+    vals = sorted(v for v in levels.values() if v > 0)
+    if len(vals) < 3:
+        return list(levels), []
+    med = vals[len(vals) // 2] if len(vals) % 2 else 0.5 * (vals[len(vals) // 2 - 1] + vals[len(vals) // 2])
+    out = [v for v, x in levels.items() if x > factor * med]
+    return [v for v in levels if v not in out], out
+
+
+def metric_vs_iteration(curves: dict[str, list[tuple[int, float, Optional[float], Optional[float]]]], metric: str,
+                        bench: str, caption: str) -> Optional[Figure]:
+    """The metric measured during training per run: (iteration, mean over seeds, lo, hi) with the
+    95 % band where there are seeds; runs far above the rest in a panel of their own."""
     curves = {v: c for v, c in curves.items() if c}
     if not curves:
         return None
+    main, out = split_outliers({v: c[-1][1] for v, c in curves.items()})  # where each run ends up
+    panels = [main] + ([out] if out else [])
     with _style(), _context():
-        fig, axes = _new(7.2, 3.0)
-        ax = axes[0, 0]
-        for i, (v, c) in enumerate(curves.items()):
-            ax.plot([p[0] for p in c], [p[1] for p in c], "o-", markersize=3, color=variant_color(v, i), label=v,
-                    linewidth=2.2 if i == 0 else 1.2)
-        logy = log_if_spread(ax, [p[1] for c in curves.values() for p in c])
-        if not logy:
+        fig, axes = _new(7.2 if not out else 10.0, 3.0, ncols=len(panels))
+        for ax, names in zip(axes[0], panels):
+            for i, v in enumerate(names):
+                c = curves[v]
+                color = variant_color(v, list(curves).index(v))
+                ax.plot([p[0] for p in c], [p[1] for p in c], "o-", markersize=3, color=color, label=v,
+                        linewidth=2.2 if v == next(iter(curves)) else 1.2)
+                band = [p for p in c if p[2] is not None]
+                if band:
+                    ax.fill_between([p[0] for p in band], [p[2] for p in band], [p[3] for p in band], color=color,
+                                    alpha=0.18, linewidth=0)
             ax.set_ylim(bottom=0)
-        ax.set_xlabel("training iteration")
-        ax.set_ylabel(metric_label(metric) + (" (log scale)" if logy else ""))
-        ax.set_title(f"{bench}: {metric_label(metric)} during training")
-        ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        ends = "; ".join(f"{v} {c[0][1]:.2f} \u2192 {c[-1][1]:.2f}" for v, c in curves.items())
-        return _render(fig, f"{metric_label(metric)} of the EMA generator during distillation, first \u2192 last "
-                            f"evaluation: {ends}." + (" Log axis: the runs span more than a factor of 5." if logy else ""),
-                       f"{bench} {metric} against iteration", "curve")
+            ax.set_xlabel("training iteration")
+            ax.set_ylabel(metric_label(metric))
+            ax.legend(fontsize=8, frameon=False, loc="upper right")
+        axes[0, 0].set_title(f"{bench}: {metric_label(metric)} during training")
+        if out:
+            axes[0, -1].set_title("outliers, own scale")
+            lo = min(p[1] for v in out for p in curves[v])
+            hi = max(p[1] for v in out for p in curves[v])
+            caption += (f" {', '.join(out)} ({lo:.3g} to {hi:.3g}) in the right panel: on the left's axis it would "
+                        "flatten every other run.")
+        return _render(fig, caption, f"{bench} {metric} against iteration", "curve")
 
 
 # --- mode coverage ------------------------------------------------------------------

@@ -266,8 +266,12 @@ def load_sd_teacher(source: str | os.PathLike, *, local_files_only: bool = False
         raise CheckpointError(f"Stable Diffusion directory {source} does not exist")
     common = dict(source=source, local_files_only=local_files_only, revision=revision, cache_dir=cache_dir)
     wkw = {"variant": variant} if variant else {}
-    unet = _load("unet", UNet2DConditionModel.from_pretrained, torch_dtype=dtype, **wkw, **common)
-    vae = _load("vae", AutoencoderKL.from_pretrained, torch_dtype=dtype, **wkw, **common)
+    # low_cpu_mem_usage: diffusers builds the network on the meta device and fills it from the file
+    # (accelerate's path), so a paper-scale U-Net is not first initialised at random in host RAM;
+    # transformers 5 always loads that way (it ignores the flag)
+    lowmem = {"low_cpu_mem_usage": True}
+    unet = _load("unet", UNet2DConditionModel.from_pretrained, torch_dtype=dtype, **lowmem, **wkw, **common)
+    vae = _load("vae", AutoencoderKL.from_pretrained, torch_dtype=dtype, **lowmem, **wkw, **common)
     text_encoder = _load("text_encoder", CLIPTextModel.from_pretrained, dtype=dtype, **wkw, **common)
     tokenizer = _load("tokenizer", CLIPTokenizer.from_pretrained, **common)
     sched_cfg = _load("scheduler", DDPMScheduler.load_config, **common)
@@ -276,6 +280,19 @@ def load_sd_teacher(source: str | os.PathLike, *, local_files_only: bool = False
         m.to(device).eval().requires_grad_(False)
     return SDTeacher(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, vae=vae, alphas_cumprod=abar,
                      prediction_type=prediction_type, quantize=quantize)
+
+
+# Stable Diffusion v1.5's unet/config.json, the keys that differ from UNet2DConditionModel's defaults
+# (the rest of its defaults are SD v1's U-Net): 859,520,964 parameters
+SD15_UNET_CONFIG = {"sample_size": 64, "cross_attention_dim": 768}
+
+
+def sd15_unet_on_meta() -> nn.Module:
+    """SD v1.5's U-Net on the meta device: its shapes and dtypes, no memory (for size estimates)."""
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        return UNet2DConditionModel(**SD15_UNET_CONFIG)
 
 
 SD_FILES = ("model_index.json", "scheduler/*", "tokenizer/*", "text_encoder/config.json", "unet/config.json",

@@ -46,14 +46,23 @@ def describe_setting(key: str, value) -> str:
 
 
 def what_changes(b: BenchResults, variant: str) -> str:
-    """The settings of ``variant`` that differ from the main run, in words (from the records)."""
+    """The settings of ``variant`` that differ from the main run, in words (from the records).
+    When K changes and gamma_z does not, the z chain's state is said too: a K = 1 run with z
+    moving and one with z frozen are different experiments."""
     ref = b.reference
     if variant == ref:
         return "main run"
     if ref is None or variant not in b.runs:
         return ""
-    diff = setting_diff(b.runs[ref], b.runs[variant])
-    return ", ".join(describe_setting(k, v) for k, v in diff.items()) or "same settings"
+    r = b.runs[variant]
+    diff = setting_diff(b.runs[ref], r)
+    parts = [describe_setting(k, v) for k, v in diff.items()]
+    gz = r.settings.get("gamma_z")
+    if "K" in diff and "gamma_z" not in diff and gz is not None:
+        parts.append(f"\u03b3_z = {gz:g} as the main run (z {'moving' if gz else 'frozen'})")
+    elif "gamma_z" in diff and gz is not None:
+        parts[list(diff).index("gamma_z")] += f" (z {'moving' if gz else 'frozen'})"
+    return ", ".join(parts) or "same settings"
 
 
 def runs_differing_in(b: BenchResults, allowed: set[str], required: Optional[str] = None) -> list[str]:
@@ -82,12 +91,45 @@ EXACT_LABEL = "Exact samples of the mixture (reference)"
 
 
 def k1_variant(b: BenchResults) -> Optional[str]:
-    """The K = 1 baseline (reverse-KL gradient): the run with K = 1 closest to the main run."""
+    """The K = 1 baseline (reverse-KL gradient of Diff-Instruct/DMD, no z chain): among the runs
+    with K = 1, those with the z chain frozen (gamma_z 0 or unset) first, then the one closest to
+    the main run. A K = 1 run with z moving is a z-chain ablation, not the baseline."""
     ref = b.reference
     cands = [v for v, r in b.runs.items() if r.settings.get("K") == 1 and v != ref]
-    if not cands or ref is None:
-        return cands[0] if cands else None
-    return min(cands, key=lambda v: len(setting_diff(b.runs[ref], b.runs[v])))
+    if not cands:
+        return None
+    frozen = lambda v: not b.runs[v].settings.get("gamma_z")  # noqa: E731
+    close = (lambda v: len(setting_diff(b.runs[ref], b.runs[v]))) if ref is not None else (lambda v: 0)
+    return min(cands, key=lambda v: (not frozen(v), close(v), v))
+
+
+def k_sweep(b: BenchResults) -> tuple[list[str], list[str]]:
+    """(one run per K, main run included, sorted by K; the z-chain variants left out). Runs that differ
+    from the main run only in K and gamma_z are candidates; at K = 1 the baseline (:func:`k1_variant`)
+    is the point, at any other K the run keeping the main run's gamma_z. A second run at the same K
+    (z frozen where the sweep moves it, or the other way round) is a z-chain ablation: it goes to its
+    own table, never averaged into the point."""
+    ref = b.reference
+    if ref is None:
+        return [], []
+    cands = runs_differing_in(b, {"K", "gamma_z"})  # (gamma_z alone: a z-chain variant at the main run's K)
+    gz = b.runs[ref].settings.get("gamma_z")
+    k1 = k1_variant(b)
+    by_k: dict = {}
+    for v in cands:
+        by_k.setdefault(b.runs[v].settings.get("K"), []).append(v)
+    points, zchain = [], []
+    for k, vs in by_k.items():
+        if ref in vs:
+            pick = ref
+        elif k == 1 and k1 in vs:
+            pick = k1
+        else:
+            pick = next((v for v in vs if b.runs[v].settings.get("gamma_z") == gz), vs[0])
+        points.append(pick)
+        zchain += [v for v in vs if v != pick]
+    points.sort(key=lambda v: b.runs[v].settings.get("K", 0))
+    return points, zchain
 
 
 def k_label(variant: str, r: RunMetrics, ref: Optional[str]) -> str:
@@ -97,27 +139,38 @@ def k_label(variant: str, r: RunMetrics, ref: Optional[str]) -> str:
 
 
 def compare_caption(b: BenchResults, variants: list[str], metric: str) -> str:
-    """'mct FID 5.31; no-nc 5.77 (+0.46, worse); ...' against the main run, with the
-    seed-to-seed spread when a seed-only variant exists."""
+    """'mct FID 5.31 [..], 3 seeds; no-nc 5.77 (+0.46 [..], paired over 3 seeds: worse); ...': each
+    run against the main one by the interval of the difference (mct.stats), never by the means alone."""
+    from ...stats import verdict
+    from ..seeds import compare, fmt_interval, stat
+
     ref = b.reference
-    if ref is None or metric not in b.runs[ref].scores.metrics:
+    base = stat(b, ref, metric) if ref is not None else None
+    if base is None:
         return ""
-    base = b.runs[ref].scores.metrics[metric]
-    spread = b.seed_spread(metric)
-    parts = [f"{ref} {metric_label(metric)} {fmt(base, metric)}"]
+    parts = [f"{ref} {metric_label(metric)} {fmt_interval(base, metric)}"]
     for v in variants:
-        if v == ref or metric not in b.runs[v].scores.metrics:
+        iv = stat(b, v, metric)
+        if v == ref or iv is None:
             continue
-        x = b.runs[v].scores.metrics[metric]
-        d = x - base
-        verdict = ""
-        if better(metric) and d != 0:
-            worse = d > 0 if better(metric) == "lower" else d < 0
-            noise = spread is not None and abs(d) <= spread
-            verdict = ", within seed noise" if noise else (", worse" if worse else ", better")
-        sign = "+" if d >= 0 else "\u2212"
-        parts.append(f"{v} {fmt(x, metric)} ({sign}{fmt(abs(d), metric)}{verdict})")
-    text = "; ".join(parts) + "."
-    if spread is not None:
-        text += f" Seed-to-seed difference of the main setting: {fmt(spread, metric)}; smaller differences are noise."
-    return text
+        cmp = compare(b, v, ref, metric)
+        if cmp is None:
+            continue
+        d, paired = cmp
+        if d.lo is None:
+            word = "one seed: not judged"
+        else:
+            way = better(metric)
+            got = verdict(d, way) if way else ""
+            word = {"holds": "better", "reversed": "worse"}.get(got, "within seed noise" if way else "")
+            word = f"{'paired' if paired else 'Welch'}, {seeds_n(d.n)}" + (f": {word}" if word else "")
+        parts.append(f"{v} {fmt(iv.mean, metric)} ({fmt_signed(d.mean, metric)}, {word})")
+    return "; ".join(parts) + "."
+
+
+def seeds_n(n: int) -> str:
+    return f"{n} seed" + ("" if n == 1 else "s")
+
+
+def fmt_signed(d: float, metric: str) -> str:
+    return ("+" if d >= 0 else "\u2212") + fmt(abs(d), metric)

@@ -10,6 +10,7 @@ from .. import figures as F
 from ..collect import BenchResults
 from ..context import Inputs
 from ..tables import MISSING, Cell, Row, Table, metric_label, number_cell
+from ..seeds import fmt_interval, interval_cell, seeds_word, stat
 from .common import EXACT_LABEL, exact_row, fmt, k1_variant, metric_cols
 
 PAPER_COLS = ["fid", "kid_mean", "precision", "recall", "clip_score"]
@@ -25,18 +26,52 @@ def _metric_cells(metrics: dict, kid_std: Optional[float], keep: list[str], miss
     return cells
 
 
-def _claims(b: BenchResults) -> Optional[Table]:
+VERDICT_CLS = {"holds": "claim-holds", "reversed": "claim-reversed", "inconclusive": "claim-inconclusive"}
+
+
+def _test_of(b: BenchResults, c) -> str:
+    """'paired over 3 seeds' / 'Welch, 3 vs 5 seeds' for a claim, from the comparison summarize made
+    with the same interval (the claim's own record says n only)."""
+    d = c.diff
+    if d is None:
+        return "no interval"
+    match = next((x for x in (b.summary.comparisons if b.summary else []) if x.metric == c.metric
+                  and set(c.values) == {x.variant, x.baseline}
+                  and (x.diff.mean, x.diff.lo, x.diff.hi) == (d.mean, d.lo, d.hi)), None)
+    if match is not None:
+        how = f"paired over {seeds_word(len(match.seeds) or d.n)}" if match.paired else "Welch (unpaired)"
+        return f"{how} ({match.variant} \u2212 {match.baseline})"
+    if d.lo is None:
+        return f"{seeds_word(d.n)}: no interval"
+    return f"n = {d.n} (the basis says how)"
+
+
+def claims_table(b: BenchResults) -> Optional[Table]:
+    """Each claim with the difference it was decided on (mean [95 % interval]), the seeds and the
+    test behind it, and its verdict (holds / reversed / inconclusive), each styled apart."""
     if not b.summary or not b.summary.claims:
         return None
-    t = Table(columns=[("Claim", ""), ("Difference", "mean [95 % interval] over seeds"), ("Basis", ""),
-                       ("Verdict", "from the interval")], kind=f"claims-{b.name}",
-              caption=f"Decided by `mct summarize` ({b.name}/summary.json).")
+    t = Table(columns=[("Claim", ""), ("Metric", "the claim's metric and the direction it says is better"),
+                       ("Difference", "mean [95 % interval] of the difference over training seeds"),
+                       ("Seeds, test", "paired: the same training seeds on both sides; Welch: unpaired"),
+                       ("Basis", "what was compared (summarize)"), ("Verdict", "from the interval (mct.stats.verdict)")],
+              kind=f"claims-{b.name}",
+              caption=f"Decided by `mct summarize` ({b.name}/summary.json): holds when the whole 95 % interval of "
+                      "the difference lies on the claimed side of zero, reversed when it lies wholly on the other "
+                      "side, inconclusive otherwise (also with one seed: no interval).")
     for c in b.summary.claims:
         d = c.diff
-        diff = MISSING if d is None else fmt(d.mean, c.metric) + (
-            f" [{fmt(d.lo, c.metric)}, {fmt(d.hi, c.metric)}]" if d.lo is not None else " (no interval)")
-        kind = {"holds": "ok", "reversed": "bad"}.get(c.verdict, "na")
-        t.rows.append(Row([Cell(c.claim, "text"), Cell(diff, "text"), Cell(c.basis, "text"), Cell(c.verdict, kind)]))
+        diff = MISSING if d is None else fmt_interval(d, c.metric, with_n=False) + ("" if d.lo is not None
+                                                                                   else " (no interval)")
+        bar = getattr(c, "threshold", 0.0) or 0.0  # a tolerance claim ('within 10 % of the teacher') sets it
+        bar_text = fmt(bar, c.metric) if bar else "0"
+        metric = f"{metric_label(c.metric)}; claimed difference {'<' if c.better == 'lower' else '>'} {bar_text}" \
+            if c.metric else MISSING
+        t.rows.append(Row([Cell(c.claim, "text"), Cell(metric, "text"), Cell(diff, "num"), Cell(_test_of(b, c), "text"),
+                           Cell(c.basis, "text"), Cell(c.verdict, "verdict " + VERDICT_CLS[c.verdict])],
+                          VERDICT_CLS[c.verdict]))
+    counts = {v: sum(c.verdict == v for c in b.summary.claims) for v in VERDICT_CLS}
+    t.notes.append(", ".join(f"{n} {v}" for v, n in counts.items() if n) + f" of {len(b.summary.claims)} claims.")
     return t
 
 
@@ -104,15 +139,18 @@ def task_block(inputs: Inputs, name: str) -> dict:
                 t.rows.insert(0, row)
             else:
                 t.rows.append(row)
+        t.caption = ("Students: mean [95 % t-interval of the mean], n training seeds (one seed: no interval). "
+                     "Teacher rows: one evaluation; KID \u00b1 its std over KID subsets. KID \u00d710\u00b3 "
+                     "in every cell.")
         ref, k1 = b.reference, k1_variant(b)
-        labels = {ref: f"MCT one-step student ({ref}, this pipeline)",
-                  k1: f"K = 1 baseline: reverse-KL gradient ({k1}, DMD / Diff-Instruct style)"}
+        labels = {ref: f"MCT one-step student ({ref})", k1: f"K = 1 baseline ({k1}, reverse KL as in DMD)"}
         for v in (ref, k1):
             if v is None:
                 continue
             r = b.runs[v]
             cells = [Cell(labels[v], "label")]
-            cells += _metric_cells({"nfe": r.nfe, **r.scores.metrics}, r.scores.get("kid_std"), keep, "not in metrics.json")
+            cells += [number_cell(r.nfe, "nfe") if c == "nfe" else interval_cell(stat(b, v, c), c, "not in metrics.json")
+                      for c in keep]
             cells += [number_cell(r.train_seconds, "train_seconds"), Cell(f"{name}/runs/{v}/metrics.json", "source")]
             t.rows.append(Row(cells, "ours"))
         if ref is None:
@@ -120,7 +158,7 @@ def task_block(inputs: Inputs, name: str) -> dict:
                                Cell(f"no run evaluated yet under {name}/runs/", "missing", "", len(header) - 1)], "ours"))
         if b.teacher and ref is not None:
             fig = F.teacher_vs_student({r.nfe: r.scores.get("fid") for r in b.teacher.rows},
-                                       {v: b.runs[v].scores.get("fid") for v in (ref, k1) if v}, "fid", name,
+                                       {v: stat(b, v, "fid") for v in (ref, k1) if v}, "fid", name,
                                        floor=b.real_floor("fid"))
             if fig:
                 figs.append(fig)
@@ -132,7 +170,7 @@ def task_block(inputs: Inputs, name: str) -> dict:
         t.rows.append(Row([Cell("MCT (this pipeline)", "label"),
                            Cell(f"no results yet under {name}/", "missing", "", len(header) - 1)], "ours"))
     return {"name": name, "title": spec.get("title") or name, "table": t, "figures": figs,
-            "claims": _claims(b) if b else None, "warning": spec.get("warning"), "metric_note": spec.get("metric_note"),
+            "claims": claims_table(b) if b else None, "warning": spec.get("warning"), "metric_note": spec.get("metric_note"),
             "teacher": spec.get("teacher"), "notes": _notes(inputs, b) if b else [],
             "paper_scale": bool(spec.get("command")), "ran": ran, "command": spec.get("command")}
 

@@ -9,16 +9,45 @@ from typing import Optional
 from .. import figures as F
 from ..collect import BenchResults
 from ..context import Inputs
-from ..tables import Cell, Row, Table, number_cell
-from .common import exact_row, k_label, runs_differing_in
+from ..seeds import best_caption, compare, fmt_interval, interval_cell, spread_caption, stat
+from ..tables import Cell, Row, Table, metric_label, number_cell
+from .common import exact_row, k_label, k_sweep
 
 
 def _k_runs(b: BenchResults) -> list[str]:
-    """The K sweep (settings differ from the main run only in K, gamma_z) by K, main run last."""
-    sel = runs_differing_in(b, {"K", "gamma_z"}, required="K")
-    ref = b.reference
-    rest = sorted((v for v in sel if v != ref), key=lambda v: (b.runs[v].settings.get("K", 0), v))
-    return rest + ([ref] if ref else [])
+    """The K sweep, one run per K (the z-chain variants have their own table), by K."""
+    return k_sweep(b)[0]
+
+
+ZCHAIN_METRICS = ["mode_mass_tv", "off_mode_mass", "min_mode_recall", "logp_gap", "modes_covered", "fid", "recall"]
+
+
+def zchain_table(b: BenchResults) -> Optional[Table]:
+    """The z chain's part: each run that differs from a sweep point only in gamma_z (z moving where
+    the sweep freezes it, or frozen where it moves), beside that point, with the paired difference."""
+    points, zchain = k_sweep(b)
+    if not zchain:
+        return None
+    at_k = {b.runs[v].settings.get("K"): v for v in points}
+    have = b.metric_names()
+    cols = [m for m in ZCHAIN_METRICS if m in have][:4]
+    t = Table(columns=[("Variant", ""), ("K", ""), ("\u03b3_z", "0 = z frozen"), ("Against", "the sweep's run at this K")]
+              + [(metric_label(m), "mean [95 % interval] over seeds") for m in cols]
+              + [(f"\u0394 {metric_label(m)}", "variant minus the sweep's run: paired over shared seeds, else Welch")
+                 for m in cols[:2]], kind=f"zchain-{b.name}",
+              caption="The z chain's part at a fixed K: the same run with z moving and with z frozen. "
+                      "\u0394: mean [95 % interval]; inside the noise when the interval contains 0.")
+    for v in zchain:
+        r = b.runs[v]
+        base = at_k.get(r.settings.get("K"))
+        cells = [Cell(v, "label"), number_cell(r.settings.get("K"), "K"), number_cell(r.settings.get("gamma_z"), "gamma_z"),
+                 Cell(base or "\u2014", "text")]
+        cells += [interval_cell(stat(b, v, m), m) for m in cols]
+        for m in cols[:2]:
+            cmp = compare(b, v, base, m) if base else None
+            cells.append(Cell(fmt_interval(cmp[0], m) if cmp else "\u2014", "num"))
+        t.rows.append(Row(cells))
+    return t
 
 
 def _points(inputs: Inputs, b: BenchResults, v: str):
@@ -68,13 +97,16 @@ def _toy(inputs: Inputs, b: BenchResults, names: list[str]) -> dict:
             said.append(f"{title}: {sub}")
     true_w = mix.weights if mix else next((r.scores.true_mode_weight for r in b.runs.values()
                                            if r.scores.true_mode_weight), None)
-    summary = ("; ".join(said) + ".") if said else ""
+    summary = ("First seed's samples: " + "; ".join(said) + ".") if said else ""
+    ivs = {k_label(v, b.runs[v], b.reference): stat(b, v, "off_mode_mass") for v in names}
+    summary = " ".join(x for x in (summary, best_caption(ivs, "off_mode_mass"), best_caption(
+        {k_label(v, b.runs[v], b.reference): stat(b, v, "mode_mass_tv") for v in names}, "mode_mass_tv")) if x)
     teacher = {"means": mix.means, "stds": mix.stds, "weights": mix.weights} if mix else None
     figs = [F.toy_scatter(panels, teacher, b.name, "Red: one-step samples of each run; grey: the true mixture density. "
                           + summary) if len(panels) > (1 if mix else 0) else None,
             F.mode_mass_bars(masses, true_w, b.name, "Fraction of samples in each mode against the true weight "
                              "(black dashes). " + summary)]
-    return {"name": b.name, "figures": [f for f in figs if f], "table": None}
+    return {"name": b.name, "figures": [f for f in figs if f], "table": zchain_table(b)}
 
 
 def _classes(b: BenchResults, names: list[str]) -> dict:
@@ -107,15 +139,28 @@ def _classes(b: BenchResults, names: list[str]) -> dict:
                            number_cell(ent / emax if ent is not None and emax else None, fmt=lambda x: f"{x:.4f}"),
                            number_cell(max(h), fmt=lambda x: f"{x:.3f}"), number_cell(min(h), fmt=lambda x: f"{x:.3f}"),
                            number_cell(r.scores.get("classes_covered"), "classes_covered")]))
+    t.caption = "Histograms of the first seed's samples; the entropy's spread over seeds is judged in the caption."
     largest = {v: max(h) for v, _, h in rows}
     caption = f"Classes of the one-step samples by the benchmark's classifier; the dashed line is uniform ({1 / n:.3f})."
-    if len(largest) >= 2:
-        lo, hi = min(largest, key=largest.get), max(largest, key=largest.get)
-        spread = max(largest.values()) - min(largest.values())
-        caption += (f" Largest class share: {largest[hi]:.3f} ({hi}) to {largest[lo]:.3f} ({lo})"
-                    + (f", a spread of {spread:.3f}: the histograms are alike, no run drops classes."
-                       if spread < 0.5 / n else "."))
+    caption += " " + class_caption(largest, {v: min(h) for v, _, h in rows}, n)
+    ent = spread_caption({v: stat(b, v, "class_entropy") for v, _, _ in rows}, "class_entropy")
+    caption += (" " + ent) if ent else ""
     return {"name": b.name, "figures": [f for f in [F.class_histograms(hists, b.name, caption)] if f], "table": t}
+
+
+def class_caption(largest: dict[str, float], smallest: dict[str, float], n: int) -> str:
+    """The histograms in words: the range of the largest class share, and which runs drop a class
+    (a class below a quarter of a uniform share), from the numbers."""
+    if not largest:
+        return ""
+    lo, hi = min(largest, key=largest.get), max(largest, key=largest.get)
+    text = (f"Largest class share {largest[hi]:.3f} in every run" if largest[hi] == largest[lo] else
+            f"Largest class share: {largest[hi]:.3f} ({hi}) to {largest[lo]:.3f} ({lo})")
+    drop = [v for v, x in smallest.items() if x < 0.25 / n]
+    if drop:
+        return text + f"; {', '.join(drop)} drop{'s' if len(drop) == 1 else ''} at least one class (below a quarter " \
+                      "of a uniform share)."
+    return text + "; no run drops a class (every class holds at least a quarter of a uniform share)."
 
 
 def block(inputs: Inputs, b: BenchResults) -> Optional[dict]:

@@ -139,9 +139,12 @@ def build(inputs: Inputs) -> dict:
                     ("OS", hw["os"]), ("Python", hw["python"]), ("host", hw["host"])], kind="hardware")
     seeds = list(config_seeds(raw))
     for b in res.benches:
-        s = sorted({str(r.settings["seed"]) for r in b.runs.values() if "seed" in r.settings})
+        s = sorted({x.seed for r in b.runs.values() for x in r.seeds}
+                   or {int(r.settings["seed"]) for r in b.runs.values() if "seed" in r.settings})
         if s:
-            seeds.append((f"{b.name}: runs recorded", ", ".join(s)))
+            ns = sorted({len(r.seeds) or 1 for r in b.runs.values()})
+            per = f"{ns[0]}" if len(ns) == 1 else f"{ns[0]} to {ns[-1]}"
+            seeds.append((f"{b.name}: training seeds recorded", f"{', '.join(map(str, s))} ({per} per variant)"))
     return {
         "status": _status(inputs), "timing": timing, "provenance": prov, "hardware": hwt, "recorded": recorded,
         "drift": drift, "versions": kv_table([(k, v or "not installed") for k, v in now_versions.items()], kind="versions"),
