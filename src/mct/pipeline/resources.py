@@ -50,14 +50,14 @@ class ClusterConfig:
     benchmarks: dict[str, dict[str, ResourceSpec]] = field(default_factory=dict)
 
     def __post_init__(self):
-        from ..benchmarks.base import REGISTRY  # the names only: imports no benchmark
+        from ..benchmarks.base import known_names, module_of  # the names only: imports no benchmark
 
         for st in self.stages:
             if st not in STAGES:
                 raise ConfigError(f"stages.{st}: unknown stage (stages: {', '.join(STAGES)})")
         for b, per in self.benchmarks.items():
-            if b not in REGISTRY:
-                raise ConfigError(f"benchmarks.{b}: unknown benchmark (known: {', '.join(REGISTRY)})")
+            if module_of(b) is None:
+                raise ConfigError(f"benchmarks.{b}: unknown benchmark (known: {known_names()})")
             for st in per:
                 if st != "default" and st not in BENCH_STAGES:
                     raise ConfigError(f"benchmarks.{b}.{st}: unknown stage (default or one of {', '.join(BENCH_STAGES)})")
