@@ -72,6 +72,21 @@ class MLPConfig:
 
 
 @dataclass(frozen=True)
+class GeneratorConfig:
+    """The one-step generator MLP; ``input_scale`` multiplies z at its input (see MLPGenerator)."""
+
+    hidden: int = 128
+    layers: int = 3
+    input_scale: float = 1.0
+
+    def __post_init__(self):
+        if self.hidden < 1 or self.layers < 1:
+            raise ConfigError(f"hidden and layers must be >= 1, got {self.hidden}, {self.layers}")
+        if not self.input_scale > 0:
+            raise ConfigError(f"input_scale must be > 0, got {self.input_scale!r}")
+
+
+@dataclass(frozen=True)
 class ToyInitConfig:
     """'Init from teacher' for an analytic teacher: regress g(z) onto D_T(sigma_g z, sigma_g)
     for ``steps`` Adam steps (0 = random init, the ablation)."""
@@ -112,7 +127,7 @@ class Toy2DConfig:
     one thread is fastest, and the workflow runs one stage per core side by side."""
 
     teacher: ToyTeacherConfig = field(default_factory=ToyTeacherConfig)
-    generator: MLPConfig = field(default_factory=MLPConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     score: MLPConfig = field(default_factory=MLPConfig)
     init: ToyInitConfig = field(default_factory=ToyInitConfig)
     em: EMConfig = field(default_factory=lambda: EMConfig(num_steps=8, gamma_eps=0.1, gamma_z=0.05))
@@ -142,7 +157,8 @@ class Toy2D(Benchmark):
         return "teacher" if cfg.init.steps > 0 else "random"
 
     def generator_from_record(self, cfg: Toy2DConfig, ctx: RunContext, record: dict):
-        return MLPGenerator(2, cfg.generator.hidden, cfg.generator.layers)
+        g = cfg.generator
+        return MLPGenerator(2, g.hidden, g.layers, g.input_scale)
 
     def build(self, cfg: Toy2DConfig, ctx: RunContext) -> Parts:
         device = torch.device(ctx.device)

@@ -104,7 +104,8 @@ def _run_generator(bench, cfg, ctx, variant: str) -> RunGenerator:
     record = (state.get("config") or {}).get("arch") or {}
     text = encode = None
     if family_of(name) == "toy2d":
-        rec = spec("mct.nets.mlp.MLPGenerator", dim=2, hidden=cfg.generator.hidden, layers=cfg.generator.layers)
+        rec = spec("mct.nets.mlp.MLPGenerator", dim=2, hidden=cfg.generator.hidden, layers=cfg.generator.layers,
+                   input_scale=cfg.generator.input_scale)
         t = cfg.teacher
         weights = t.weights if isinstance(t.weights, str) else "given"
         teacher = _teacher_record(None, f"exact {t.modes}-mode {t.layout} GMM (radius {t.radius}, std {t.std}, "
