@@ -232,3 +232,17 @@ def test_toy2d_family_sections(tmp_path, capsys):
         assert main(["config", "check", "--config", str(cfg)]) == 2
         err = capsys.readouterr().err
         assert bad in err and err.count("\n") == 1, err
+
+
+def test_generator_input_scale_multiplies_z():
+    """input_scale s: g(z) = net(s z), the same weights; the default config's toy2d uses s = 4."""
+    from mct.config import load_yaml
+
+    cfg = TOY.parse(load_yaml(Path(__file__).parents[1] / "config" / "default.yaml")["benchmarks"]["toy2d"], "mct")
+    assert cfg.generator.input_scale == 4.0
+    torch.manual_seed(0)
+    gen = TOY.generator_from_record(cfg, None, {})
+    z = torch.randn(5, 2)
+    assert torch.allclose(gen(z), gen.net(4.0 * z)) and not torch.allclose(gen(z), gen.net(z))
+    with pytest.raises(Exception, match="input_scale must be > 0"):
+        TOY.parse({"generator": {"input_scale": 0.0}})
