@@ -19,6 +19,7 @@ from typing import Optional
 from ..errors import MCTError
 from .config import GPU_ONLY, OVERHEAD_TARGET, SPEEDUP_TARGET, BenchConfig, parse_bench_config
 from .memory import measure_memory
+from ..benchmarks.base import family_of
 from .setups import SETUPS, Setup, count_params
 from .timing import calibrate_loops, device_sync, time_round, time_round_robin
 
@@ -274,11 +275,11 @@ def run_bench(raw: dict, ctx, benches: Optional[list[str]] = None) -> dict[str, 
             if name in GPU_ONLY and device.type != "cuda":
                 result = {"bench": name, "device": "cpu", "skipped": "the paper-scale network is measured on a GPU only "
                           "(run `mct bench --device cuda`)"}
-            elif name not in SETUPS:
+            elif family_of(name) not in SETUPS:
                 result = {"bench": name, "device": device.type,
                           "skipped": "text-conditioned benchmark: not measured by mct bench"}
             else:
-                setup = SETUPS[name](name, sections[name], ctx, bcfg)
+                setup = SETUPS[family_of(name)](name, sections[name], ctx, bcfg)
                 result = measure(setup, bcfg, device)
             written[name] = write_record(out_dir / f"{name}.json", bench_record(result, sections[name], bench_of[name]))
             if "skipped" in result:

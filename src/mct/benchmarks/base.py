@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,40 @@ REGISTRY = {
     "imagenet128": "mct.benchmarks.imagenet",
     "sd15": "mct.benchmarks.sd15",
 }
+
+# families: a section named ``<family>-<suffix>`` (e.g. toy2d-grid9) is a benchmark of that family
+# under its own name (own results folder, own teacher), so one config can hold several toy mixtures
+FAMILIES = {"toy2d": "mct.benchmarks.toy2d"}
+# the suffix: a plain name (no '.', '/' or leading '-'), so the results folder stays inside results_dir
+FAMILY_SUFFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+def module_of(name: str) -> Optional[str]:
+    """The module of benchmark ``name``: a REGISTRY entry, or a family's for ``<family>-<suffix>``
+    (None: not a benchmark). Imports nothing."""
+    if not isinstance(name, str):
+        return None
+    if name in REGISTRY:
+        return REGISTRY[name]
+    for family, module in FAMILIES.items():
+        if name.startswith(family + "-") and FAMILY_SUFFIX.fullmatch(name[len(family) + 1:]):
+            return module
+    return None
+
+
+def family_of(name: str) -> str:
+    """The registry name a benchmark behaves as: ``toy2d`` for toy2d-grid9, else ``name``."""
+    if name not in REGISTRY:
+        for family in FAMILIES:
+            if name.startswith(family + "-") and module_of(name) is not None:
+                return family
+    return name
+
+
+def known_names() -> str:
+    """The benchmark names, for messages: the registry's and the families' patterns."""
+    return ", ".join([*REGISTRY, *(f"{f}-<suffix>" for f in FAMILIES)])
+
 
 # knobs of the variant that describe a run in metrics.json and summary.csv
 EM_SETTINGS = ("num_steps", "reparam", "noise_cancel", "gamma_eps", "gamma_z", "z_step")
@@ -469,9 +504,10 @@ class Benchmark:
 
 
 def get_benchmark(name: str) -> Benchmark:
-    if name not in REGISTRY:
-        raise ConfigError(f"unknown benchmark {name!r} (known: {', '.join(REGISTRY)})")
-    module = importlib.import_module(REGISTRY[name])
+    module_name = module_of(name)
+    if module_name is None:
+        raise ConfigError(f"unknown benchmark {name!r} (known: {known_names()})")
+    module = importlib.import_module(module_name)
     factory = getattr(module, "get_benchmark", None)
     return factory(name) if factory else module.BENCHMARK
 

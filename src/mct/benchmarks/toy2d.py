@@ -5,6 +5,7 @@ directly in the exact metrics (docs/method.md#reverse-kl-limit, docs/benchmarks.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +21,7 @@ from ..config import config_hash, to_dict
 from ..io import write_bytes
 from ..metrics.toy import toy_metrics
 from ..nets.mlp import MLPGenerator, mlp_denoiser
-from ..teachers.gmm import ring_gmm
+from ..teachers.gmm import LAYOUTS, toy_gmm
 from .base import Benchmark, Parts, RunContext
 
 log = logging.getLogger(__name__)
@@ -32,21 +33,32 @@ EXACT_SEED_OFFSET = 2
 
 @dataclass(frozen=True)
 class ToyTeacherConfig:
-    """The exact teacher: ``modes`` Gaussians of std ``std`` on a ring of ``radius``;
-    weights 'linear' (proportional to 1..modes) or 'equal'."""
+    """The exact teacher: ``modes`` Gaussians of std ``std``, on a ring of ``radius`` (layout
+    'ring') or an n x n grid spanning [-radius, radius]^2 (layout 'grid', modes = n^2, row by
+    row from the bottom left). ``weights``: 'linear' (proportional to 1..modes), 'equal', or a
+    list of ``modes`` positive numbers (normalised), e.g. [0.9, 0.1] for two unequal modes."""
 
+    layout: str = "ring"
     modes: int = 8
     radius: float = 4.0
     std: float = 0.25
-    weights: str = "linear"
+    weights: str | tuple[float, ...] = "linear"
 
     def __post_init__(self):
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
         if self.modes < 1:
             raise ConfigError(f"modes must be >= 1, got {self.modes}")
+        if self.layout == "grid" and (self.modes < 4 or math.isqrt(self.modes) ** 2 != self.modes):
+            raise ConfigError(f"a grid needs modes = n^2 with n >= 2 (4, 9, 16, ...), got {self.modes}")
         if self.radius <= 0 or self.std <= 0:
             raise ConfigError("radius and std must be > 0")
-        if self.weights not in ("linear", "equal"):
-            raise ConfigError(f"weights must be 'linear' or 'equal', got {self.weights!r}")
+        w = self.weights
+        if isinstance(w, str):
+            if w not in ("linear", "equal"):
+                raise ConfigError(f"weights must be 'linear', 'equal' or a list of numbers, got {w!r}")
+        elif len(w) != self.modes or not all(math.isfinite(v) and v > 0 for v in w):
+            raise ConfigError(f"weights must be {self.modes} positive numbers (one per mode), got {list(w)!r}")
 
 
 @dataclass(frozen=True)
@@ -57,6 +69,21 @@ class MLPConfig:
     def __post_init__(self):
         if self.hidden < 1 or self.layers < 1:
             raise ConfigError(f"hidden and layers must be >= 1, got {self.hidden}, {self.layers}")
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """The one-step generator MLP; ``input_scale`` multiplies z at its input (see MLPGenerator)."""
+
+    hidden: int = 128
+    layers: int = 3
+    input_scale: float = 1.0
+
+    def __post_init__(self):
+        if self.hidden < 1 or self.layers < 1:
+            raise ConfigError(f"hidden and layers must be >= 1, got {self.hidden}, {self.layers}")
+        if not self.input_scale > 0:
+            raise ConfigError(f"input_scale must be > 0, got {self.input_scale!r}")
 
 
 @dataclass(frozen=True)
@@ -100,7 +127,7 @@ class Toy2DConfig:
     one thread is fastest, and the workflow runs one stage per core side by side."""
 
     teacher: ToyTeacherConfig = field(default_factory=ToyTeacherConfig)
-    generator: MLPConfig = field(default_factory=MLPConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     score: MLPConfig = field(default_factory=MLPConfig)
     init: ToyInitConfig = field(default_factory=ToyInitConfig)
     em: EMConfig = field(default_factory=lambda: EMConfig(num_steps=8, gamma_eps=0.1, gamma_z=0.05))
@@ -129,13 +156,14 @@ class Toy2D(Benchmark):
     @staticmethod
     def teacher(cfg: Toy2DConfig):
         t = cfg.teacher
-        return ring_gmm(t.modes, t.radius, t.std, t.weights)
+        return toy_gmm(t.layout, t.modes, t.radius, t.std, t.weights)
 
     def init_kind(self, cfg: Toy2DConfig) -> str:
         return "teacher" if cfg.init.steps > 0 else "random"
 
     def generator_from_record(self, cfg: Toy2DConfig, ctx: RunContext, record: dict):
-        return MLPGenerator(2, cfg.generator.hidden, cfg.generator.layers)
+        g = cfg.generator
+        return MLPGenerator(2, g.hidden, g.layers, g.input_scale)
 
     def build(self, cfg: Toy2DConfig, ctx: RunContext) -> Parts:
         device = torch.device(ctx.device)
@@ -287,3 +315,14 @@ class Toy2D(Benchmark):
 
 
 BENCHMARK = Toy2D()
+_FAMILY: dict[str, Toy2D] = {"toy2d": BENCHMARK}
+
+
+def get_benchmark(name: str) -> Toy2D:
+    """toy2d or a member of its family (``toy2d-<suffix>``, mct.benchmarks.base.FAMILIES): the same
+    benchmark under ``name``, which names its config section and results folder."""
+    if name not in _FAMILY:
+        bench = Toy2D()
+        bench.name = name
+        _FAMILY[name] = bench
+    return _FAMILY[name]

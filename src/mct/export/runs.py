@@ -87,6 +87,7 @@ def _run_generator(bench, cfg, ctx, variant: str) -> RunGenerator:
     """The EMA generator of ``variant``'s run (through ``Benchmark.load_generator``, so a checkpoint
     of another config or variant is refused) and how to call it: data shape, conditioning, text
     encoder and teacher file, per benchmark."""
+    from ..benchmarks.base import family_of
     from ..nets.factory import spec
 
     name = bench.name
@@ -102,11 +103,13 @@ def _run_generator(bench, cfg, ctx, variant: str) -> RunGenerator:
     run_dir = ctx.run_dir(name, variant)
     record = (state.get("config") or {}).get("arch") or {}
     text = encode = None
-    if name == "toy2d":
-        rec = spec("mct.nets.mlp.MLPGenerator", dim=2, hidden=cfg.generator.hidden, layers=cfg.generator.layers)
+    if family_of(name) == "toy2d":
+        rec = spec("mct.nets.mlp.MLPGenerator", dim=2, hidden=cfg.generator.hidden, layers=cfg.generator.layers,
+                   input_scale=cfg.generator.input_scale)
         t = cfg.teacher
-        teacher = _teacher_record(None, f"exact {t.modes}-mode ring GMM (radius {t.radius}, std {t.std}, "
-                                        f"{t.weights} weights)")
+        weights = t.weights if isinstance(t.weights, str) else "given"
+        teacher = _teacher_record(None, f"exact {t.modes}-mode {t.layout} GMM (radius {t.radius}, std {t.std}, "
+                                        f"{weights} weights)")
         shape, cond, output, sigma_g = (2,), {"kind": "none"}, "points", None
     elif name in ("digits", "mnist"):
         split = bench.data(cfg)

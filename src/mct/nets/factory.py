@@ -9,7 +9,7 @@ returns the record of a module that ``build`` made (it is kept on the module).
 
 Specs of today's generators (what each benchmark builds):
 
-- toy2d: ``mct.nets.mlp.MLPGenerator`` {dim, hidden, layers}
+- toy2d: ``mct.nets.mlp.MLPGenerator`` {dim, hidden, layers, input_scale}
 - digits / mnist / digits-text: ``mct.nets.onestep.OneStepGenerator`` {sigma_g, denoiser:
   ``mct.diffusion.edm.EDMPrecond`` {sigma_data, model: ``mct.nets.unet.SmallUNet`` {arch}}}
   (``label_dim`` for labels, ``cond_dim`` for text embeddings)

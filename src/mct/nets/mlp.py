@@ -22,14 +22,18 @@ def mlp(d_in: int, d_out: int, hidden: int, layers: int) -> nn.Sequential:
 
 
 class MLPGenerator(nn.Module):
-    """g(z): a plain MLP from latent to data (the toy has no teacher weights to copy)."""
+    """g(z): a plain MLP from latent to data (the toy has no teacher weights to copy).
+    ``input_scale`` multiplies z before the first layer: larger first-layer pre-activations
+    (and, under Adam, a faster-moving first layer) let the map cut the latent plane into
+    steep sectors, one per mode, sooner (docs/benchmarks.md#toy2d)."""
 
-    def __init__(self, dim: int = 2, hidden: int = 128, layers: int = 3):
+    def __init__(self, dim: int = 2, hidden: int = 128, layers: int = 3, input_scale: float = 1.0):
         super().__init__()
         self.net = mlp(dim, dim, hidden, layers)
+        self.input_scale = float(input_scale)
 
     def forward(self, z: Tensor, cond: Optional[Tensor] = None) -> Tensor:
-        return self.net(z)
+        return self.net(z * self.input_scale if self.input_scale != 1.0 else z)
 
 
 class FourierNoiseEmbedding(nn.Module):

@@ -204,10 +204,10 @@ class Pipeline:
         return chosen or tuple(variants[:1])
 
     def _build(self):
-        from ..benchmarks.base import REGISTRY
+        from ..benchmarks.base import module_of
 
         for bench in self.benches:
-            modules = (REGISTRY[bench], "mct.benchmarks.base")
+            modules = (module_of(bench), "mct.benchmarks.base")
             variants = self.variants(bench)
             teacher, features, clip = self._teacher(bench), self._features(bench), self._clip(bench)
             for stage in self.stages_of(bench):

@@ -74,14 +74,14 @@ class ClusterConfig:
     def __post_init__(self):
         if self.gpu_mem_gb is None and not re.search(r"\d+(?:\.\d+)?\s*GB", self.gpu_type, re.I):
             raise ConfigError(f"gpu_type {self.gpu_type!r} names no memory size (like H100-80GB): set gpu_mem_gb")
-        from ..benchmarks.base import REGISTRY  # the names only: imports no benchmark
+        from ..benchmarks.base import known_names, module_of  # the names only: imports no benchmark
 
         for st in self.stages:
             if st not in STAGES:
                 raise ConfigError(f"stages.{st}: unknown stage (stages: {', '.join(STAGES)})")
         for b, per in self.benchmarks.items():
-            if b not in REGISTRY:
-                raise ConfigError(f"benchmarks.{b}: unknown benchmark (known: {', '.join(REGISTRY)})")
+            if module_of(b) is None:
+                raise ConfigError(f"benchmarks.{b}: unknown benchmark (known: {known_names()})")
             for st in per:
                 if st != "default" and st not in BENCH_STAGES:
                     raise ConfigError(f"benchmarks.{b}.{st}: unknown stage (default or one of {', '.join(BENCH_STAGES)})")

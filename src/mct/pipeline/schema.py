@@ -14,15 +14,20 @@ def config_schema() -> dict:
     section (``json_schema(config_cls)`` under ``benchmarks.<name>``), ``cluster``,
     ``report`` and ``bench``."""
     from ..bench import BenchConfig
-    from ..benchmarks.base import REGISTRY, get_benchmark
+    from ..benchmarks.base import FAMILIES, FAMILY_SUFFIX, REGISTRY, get_benchmark
     from ..report.build import ReportConfig
 
     schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "MCT config"}
     schema.update(json_schema(RootConfig))
     props = schema["properties"]
     benches = {name: json_schema(get_benchmark(name).config_cls) for name in REGISTRY}
+    # a family's members (toy2d-grid9, ...) take the family's section schema
+    members = {f"^{family}-{FAMILY_SUFFIX.pattern}$": {"$ref": f"#/properties/benchmarks/properties/{family}"}
+               for family in FAMILIES}
     props["benchmarks"] = {"type": "object", "additionalProperties": False, "properties": benches,
-                           "description": "one section per benchmark that runs; its 'variants' map names to overrides"}
+                           "patternProperties": members,
+                           "description": "one section per benchmark that runs; its 'variants' map names to overrides "
+                                          "(a section toy2d-<suffix> is one more toy2d benchmark of that name)"}
     props["cluster"] = json_schema(ClusterConfig)
     props["report"] = json_schema(ReportConfig)
     props["bench"] = json_schema(BenchConfig)

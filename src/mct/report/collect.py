@@ -126,9 +126,9 @@ class _Reader:
 
 def _run_hash(bench: str, section: dict, variant: str) -> Optional[str]:
     """The hash the variant's weights must have been trained under (None: not a known benchmark)."""
-    from ..benchmarks.base import REGISTRY, get_benchmark
+    from ..benchmarks.base import get_benchmark, module_of
 
-    if bench not in REGISTRY:
+    if module_of(bench) is None:
         return None
     b = get_benchmark(bench)
     return b.run_hash(b.parse(section, variant))

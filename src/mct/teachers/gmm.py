@@ -62,14 +62,45 @@ class GMMDenoiser(nn.Module):
         return (x, k) if return_labels else x
 
 
-def ring_gmm(modes: int = 8, radius: float = 4.0, std: float = 0.25, weights: str = "linear") -> GMMDenoiser:
-    """Modes on a circle; ``weights='linear'`` gives weights proportional to 1..modes."""
+def mixture_weights(modes: int, weights) -> Tensor:
+    """'linear' (proportional to 1..modes), 'equal', or an explicit list of ``modes`` positive
+    numbers (normalised by GMMDenoiser)."""
+    if weights == "linear":
+        return torch.arange(1, modes + 1, dtype=torch.float32)
+    if weights == "equal":
+        return torch.ones(modes)
+    if isinstance(weights, str):
+        raise ValueError(f"unknown weights {weights!r}")
+    w = torch.as_tensor([float(v) for v in weights], dtype=torch.float64)
+    if w.shape != (modes,) or not (torch.isfinite(w) & (w > 0)).all():
+        raise ValueError(f"weights must be {modes} finite positive numbers, got {list(weights)!r}")
+    return w.float()
+
+
+def ring_gmm(modes: int = 8, radius: float = 4.0, std: float = 0.25, weights="linear") -> GMMDenoiser:
+    """Modes on a circle of ``radius``, the first at angle 0; weights as :func:`mixture_weights`."""
     angles = torch.arange(modes, dtype=torch.float32) * (2 * math.pi / modes)
     means = radius * torch.stack([angles.cos(), angles.sin()], dim=1)
-    if weights == "linear":
-        w = torch.arange(1, modes + 1, dtype=torch.float32)
-    elif weights == "equal":
-        w = torch.ones(modes)
-    else:
-        raise ValueError(f"unknown weights {weights!r}")
-    return GMMDenoiser(means, torch.full((modes,), std), w)
+    return GMMDenoiser(means, torch.full((modes,), std), mixture_weights(modes, weights))
+
+
+def grid_gmm(modes: int = 9, radius: float = 4.0, std: float = 0.25, weights="equal") -> GMMDenoiser:
+    """An n x n grid (``modes`` = n^2) spanning [-radius, radius]^2, row by row from (-radius,
+    -radius) with x varying fastest; weights as :func:`mixture_weights` in that order."""
+    n = math.isqrt(modes)
+    if n * n != modes or n < 2:
+        raise ValueError(f"a grid needs modes = n^2 with n >= 2, got {modes}")
+    axis = torch.linspace(-radius, radius, n)
+    yy, xx = torch.meshgrid(axis, axis, indexing="ij")
+    means = torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1)
+    return GMMDenoiser(means, torch.full((modes,), std), mixture_weights(modes, weights))
+
+
+LAYOUTS = {"ring": ring_gmm, "grid": grid_gmm}
+
+
+def toy_gmm(layout: str = "ring", modes: int = 8, radius: float = 4.0, std: float = 0.25, weights="linear"):
+    """The 2-D toy mixture of ``layout`` ('ring' or 'grid')."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r} (known: {', '.join(LAYOUTS)})")
+    return LAYOUTS[layout](modes, radius, std, weights)
