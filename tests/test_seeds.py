@@ -4,6 +4,7 @@ summarize's intervals, comparisons and claims checked against hand-computed t-in
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -316,3 +317,29 @@ def test_benchmarks_whose_evaluate_scores_one_seed_refuse_more_before_training(t
             get_benchmark(name).distill({"train": {"seeds": 2}, "variants": {"mct": {}}},
                                         RunContext(tmp_path, progress=False), "mct")
         assert not (tmp_path / name).exists()
+
+
+def test_k_pairs_beyond_the_sweep_test_the_claim_under_each_condition(tmp_path):
+    """config/evidence.yaml's variants: each K = 16 run outside the sweep is paired with the K = 1 run that
+    differs only in K and gamma_z (random init with random init, long with long), never across conditions."""
+    section = copy.deepcopy(SECTION)
+    section["variants"] = {"k1": {"em": {"num_steps": 1, "gamma_z": 0.0}},
+                           "k16-zfrozen": {"em": {"num_steps": 16, "gamma_z": 0.0}},
+                           "k1-random": {"em": {"num_steps": 1, "gamma_z": 0.0}, "init": {"steps": 0}},
+                           "k16-zfrozen-random": {"em": {"num_steps": 16, "gamma_z": 0.0}, "init": {"steps": 0}},
+                           "k1-long": {"em": {"num_steps": 1, "gamma_z": 0.0}, "train": {"iterations": 30}},
+                           "k16-zfrozen-long": {"em": {"num_steps": 16, "gamma_z": 0.0}, "train": {"iterations": 30}}}
+    # K = 16 better on every seed under random init, worse when long, mixed with teacher init
+    tv = {"k1": [0.3, 0.3, 0.3], "k16-zfrozen": [0.2, 0.4, 0.3], "k1-random": [0.5, 0.6, 0.7],
+          "k16-zfrozen-random": [0.1, 0.2, 0.25], "k1-long": [0.1, 0.1, 0.12], "k16-zfrozen-long": [0.3, 0.31, 0.35]}
+    ctx = _write_runs(tmp_path, TOY, section, {"mode_mass_tv": tv})
+    s = TOY.summarize(section, ctx)
+    recs = TOY.variant_records(section, ctx)
+    from mct.benchmarks.claims import SeedTable
+    assert TOY.k_pairs(section, SeedTable(recs)) == [("k16-zfrozen", "k1"), ("k16-zfrozen-random", "k1-random"),
+                                                     ("k16-zfrozen-long", "k1-long")]
+    tv_claims = {c.basis.split(" on ")[0]: c.verdict for c in s.claims
+                 if c.metric == "mode_mass_tv" and "Langevin" in c.claim}
+    assert tv_claims["k16-zfrozen-random - k1-random"] == "holds"
+    assert tv_claims["k16-zfrozen-long - k1-long"] == "reversed"
+    assert tv_claims["k16-zfrozen - k1"] == "inconclusive"

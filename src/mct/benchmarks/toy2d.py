@@ -248,6 +248,11 @@ class Toy2D(Benchmark):
             for metric in ("off_mode_mass", "min_mode_recall", "mode_mass_tv"):
                 out += keep(versus(t, f"more Langevin steps cover more modes: K = {k} beats K = 1 on {metric}",
                                    best, "k1", metric, note=note))
+        for variant, partner in self.k_pairs(section, t, skip=best):
+            k, z = t.settings[variant].get("K"), "z frozen" if not t.settings[variant].get("gamma_z") else "z moving"
+            for metric in ("off_mode_mass", "min_mode_recall", "mode_mass_tv"):
+                out += keep(versus(t, f"more Langevin steps cover more modes: K = {k} ({z}) beats K = 1 on {metric}",
+                                   variant, partner, metric, note=f"{variant} and {partner} differ only in K and gamma_z"))
         if best != "mct":
             out += keep(versus(t, "mct beats K = 1 (reverse KL) on mode_mass_tv", "mct", "k1", "mode_mass_tv"))
         out += keep(versus(t, "noise cancellation gives a better student (mode_mass_tv)", "mct", "no-nc",
@@ -271,6 +276,36 @@ class Toy2D(Benchmark):
                     "mct", "off_mode_mass", "exact samples", off, "lower", self.OFF_MODE_BAR - off,
                     note=f"exact samples put {off:.3f} off the modes"))
         return out
+
+    def k_pairs(self, section: dict, t, skip=None) -> list[tuple[str, str]]:
+        """(K > 1 variant, its K = 1 partner) beyond the K-sweep: the variants outside the sweep (names other
+        than mct and k<K>, e.g. k16-zfrozen-long) whose config equals a K = 1 variant's in everything but K,
+        gamma_z and the seed. The partner with the same z-chain state (frozen or moving) is preferred. This
+        is where config/evidence.yaml tests the claim under random init, longer training or z frozen."""
+        import json
+
+        from .claims import SWEEP
+
+        def key(v):
+            d = to_dict(self.parse(section, v))
+            for k in ("num_steps", "gamma_z"):
+                d["em"].pop(k)
+            d["train"].pop("seed")
+            d.pop("variants")
+            return json.dumps(d, sort_keys=True, default=str)
+
+        names = [v for v in self.variant_names(section) if v in t]
+        ones = [v for v in names if int(t.settings[v].get("K", 0)) == 1]
+        pairs = []
+        for v in names:
+            if v == skip or v == "mct" or SWEEP.match(v) or int(t.settings[v].get("K", 1)) <= 1:
+                continue
+            frozen = not t.settings[v].get("gamma_z")
+            same = [o for o in ones if key(o) == key(v)]
+            same.sort(key=lambda o: (not t.settings[o].get("gamma_z")) != frozen)
+            if same:
+                pairs.append((v, same[0]))
+        return pairs
 
     def save_samples(self, cfg: Toy2DConfig, ctx: RunContext, out, images, cond, title: str) -> None:
         """runs/<v>/{samples.npz (key x: the first 5,000 samples), samples.png}; <bench>/teacher.json (the
