@@ -28,6 +28,7 @@ import math
 from typing import Any, Optional, Sequence
 
 import torch
+import torch.utils.checkpoint
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -229,6 +230,20 @@ class UNetBlock(nn.Module):
         return x
 
 
+def checkpointed(block: nn.Module, enabled: bool):
+    """``block`` itself, or (``enabled`` and a graph being recorded) ``block`` under activation
+    checkpointing: only its inputs are kept and its forward runs again in backward. Non-reentrant,
+    so the E-step's VJP (``torch.autograd.grad`` to z) works through it and dropout replays the
+    same mask."""
+    if not (enabled and torch.is_grad_enabled()):
+        return block
+
+    def run(*args):
+        return torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
+
+    return run
+
+
 def labels_to_onehot(cond: Optional[Tensor], label_dim: int, n: int, device, dtype=torch.float32) -> Tensor:
     """Integer labels (N,) -> one-hot (N, label_dim); a float (N, label_dim) tensor passes through;
     None -> zeros (EDM's unconditional input)."""
@@ -266,6 +281,7 @@ class DhariwalUNet(nn.Module):
         self.img_resolution, self.in_channels, self.out_channels = img_resolution, in_channels, out_channels
         self.label_dim, self.label_dropout = label_dim, label_dropout
         self.amp_dtype: Optional[torch.dtype] = None
+        self.checkpointing = False  # recompute each block in backward instead of saving its activations
         emb_channels = model_channels * channel_mult_emb
         block_kwargs = dict(emb_channels=emb_channels, channels_per_head=64, dropout=dropout, init=_INIT,
                             init_zero=_INIT_ZERO)
@@ -336,12 +352,12 @@ class DhariwalUNet(nn.Module):
 
         skips = []
         for block in self.enc.values():
-            x = block(x, emb) if isinstance(block, UNetBlock) else block(x)
+            x = checkpointed(block, self.checkpointing)(x, emb) if isinstance(block, UNetBlock) else block(x)
             skips.append(x)
         for block, takes_skip in zip(self.dec.values(), self._takes_skip):
             if takes_skip:
                 x = torch.cat([x, skips.pop()], dim=1)
-            x = block(x, emb)
+            x = checkpointed(block, self.checkpointing)(x, emb)
         return self.out_conv(F.silu(self.out_norm(x)))
 
 
