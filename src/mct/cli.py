@@ -301,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp, bench=False)
     sp.add_argument("--bench", action="append", default=None,
                     help="benchmark(s) to rehearse (default: every paper-scale one configured)")
-    sp.add_argument("--variant", default=None, help="variant rehearsed (default: mct)")
+    sp.add_argument("--variant", default=None, help="variant rehearsed (default: the section as configured; the paper configs" "' mct variant is {})")
     sp.add_argument("--iterations", type=int, default=1, help="iterations run (the first is counted; default 1)")
     sp.add_argument("--batch", type=int, default=1, help="batch of the rehearsed iteration (default 1)")
     sp.add_argument("--checkpointing", default="config", help="config | on | off | both (activation checkpointing "

@@ -14,8 +14,6 @@ one teacher call, the SD VAE decode). Everything else (GPU hours, the largest pe
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import logging
 import math
 import os
@@ -444,6 +442,78 @@ def _parse(bench, raw: dict, name: str, variant: Optional[str]):
     return section, cfg
 
 
+def _modes(raw: dict, name: str, variant: Optional[str], checkpointing: str) -> list[bool]:
+    """Checkpointing of the iteration(s): [setting] or [off, on] ('both'); 'config': the config's."""
+    from ..benchmarks.base import get_benchmark
+
+    bench = get_benchmark(name)
+    if name not in PAPER_BENCHES:
+        raise MCTError(f"benchmark {name!r} has no paper-scale network to rehearse (rehearse: "
+                       f"{', '.join(PAPER_BENCHES)}; `mct bench` measures the small ones)")
+    _, cfg = _parse(bench, raw, name, variant)
+    key = "gradient_checkpointing" if name == "sd15" else "checkpointing"
+    return {"config": [bool(getattr(cfg, key))], "on": [True], "off": [False], "both": [False, True]}[checkpointing]
+
+
+def build_for_rehearsal(raw: dict, ctx, name: str, variant: Optional[str] = None, checkpointing: bool = False,
+                        arch: Optional[dict] = None, teacher_precision: Optional[str] = None) -> Built:
+    """The benchmark's networks, built by its own ``build`` from the teacher file, or from random
+    weights written in the teacher's format (removed once loaded) when there is none."""
+    import torch
+
+    from ..benchmarks.base import get_benchmark
+
+    bench = get_benchmark(name)
+    _, cfg = _parse(bench, raw, name, variant)
+    sd = name == "sd15"
+    if teacher_precision is None and sd and torch.device(ctx.device).type == "cpu" and cfg.teacher.precision == "fp16":
+        teacher_precision = "bf16"  # fp16 convolutions are slow or missing on CPU
+    cfg = replace(cfg, **{"gradient_checkpointing" if sd else "checkpointing": checkpointing})
+    tmp = Path(ctx.results_dir) / "rehearsal" / f".fixture-{name}-{os.getpid()}"
+    try:
+        return (_build_sd(bench, cfg, ctx, tmp, arch, teacher_precision) if sd
+                else _build_imagenet(bench, cfg, ctx, tmp, arch))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def standalone_pass_flops(built: Built, batch: int = 1) -> dict[str, dict[str, int]]:
+    """FLOPs per sample of each network pass run alone (outside any iteration): the check of the
+    per-kind split of the iteration's FLOPs (tests; the same kinds as ``per_pass``)."""
+    import torch
+
+    from .instrument import counted_flops
+
+    device = next(built.generator.parameters()).device
+    rng = torch.Generator(device=device).manual_seed(3)
+    z, c = built.sample_latents(batch, rng)
+    sigma = torch.full((batch,), 1.0, device=device)
+    gen, stu = built.generator, built.student
+
+    def vjp():
+        z_ = z.detach().requires_grad_(True)
+        out = gen(z_, c)
+        torch.autograd.grad(out, z_, grad_outputs=torch.ones_like(out))
+
+    def gen_fb():
+        gen(z, c).sum().backward()
+
+    def stu_fb():
+        stu(z, sigma, c).sum().backward()
+
+    with torch.no_grad():
+        out = {"teacher": {"forward": counted_flops(lambda: built.teacher(z, sigma, c))},
+               "generator": {"forward": counted_flops(lambda: gen(z, c))},
+               "student": {"forward": counted_flops(lambda: stu(z, sigma, c))}}
+    with torch.enable_grad():
+        out["generator"]["forward_input_vjp"] = counted_flops(vjp)
+        out["generator"]["forward_backward"] = counted_flops(gen_fb)
+        out["student"]["forward_backward"] = counted_flops(stu_fb)
+    gen.zero_grad(set_to_none=True)
+    stu.zero_grad(set_to_none=True)
+    return {net: {k: round(v / batch) for k, v in d.items()} for net, d in out.items()}
+
+
 def rehearse_one(raw: dict, ctx, name: str, *, variant: Optional[str] = None, iterations: int = 1, batch: int = 1,
                  checkpointing: str = "config", utilisation: float = DEFAULT_UTILISATION,
                  optimizer_states: str = "auto", teacher_precision: Optional[str] = None,
@@ -452,31 +522,14 @@ def rehearse_one(raw: dict, ctx, name: str, *, variant: Optional[str] = None, it
     ``arch``: architecture overrides (tests: tiny widths of the same architecture)."""
     import torch
 
-    from ..benchmarks.base import get_benchmark
     from ..config import config_hash, to_dict
     from ..records import RehearsalFlops, RehearsalMemory, RehearsalRecord, provenance
 
     t_start = time.perf_counter()
-    bench = get_benchmark(name)
-    if name not in PAPER_BENCHES:
-        raise MCTError(f"benchmark {name!r} has no paper-scale network to rehearse (rehearse: "
-                       f"{', '.join(PAPER_BENCHES)}; `mct bench` measures the small ones)")
-    section, cfg = _parse(bench, raw, name, variant)
-    variant = variant or "mct"
-    device = torch.device(ctx.device)
-    ckpt_key = "gradient_checkpointing" if name == "sd15" else "checkpointing"
-    modes = {"config": [bool(getattr(cfg, ckpt_key))], "on": [True], "off": [False], "both": [False, True]}[checkpointing]
-    sd = name == "sd15"
-    if teacher_precision is None and sd and device.type == "cpu" and cfg.teacher.precision == "fp16":
-        teacher_precision = "bf16"  # fp16 convolutions are slow or missing on CPU
-    cfg = replace(cfg, **{ckpt_key: modes[0]})
-    tmp = Path(ctx.results_dir) / "rehearsal" / f".fixture-{name}-{os.getpid()}"
+    modes, sd, device = _modes(raw, name, variant, checkpointing), name == "sd15", torch.device(ctx.device)
     notes: list[str] = []
-    try:
-        built = (_build_sd(bench, cfg, ctx, tmp, arch, teacher_precision) if sd
-                 else _build_imagenet(bench, cfg, ctx, tmp, arch))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    built = build_for_rehearsal(raw, ctx, name, variant, modes[0], arch, teacher_precision)
+    variant = variant or "(the section without variant overrides)"
     notes += built.notes
     cfg = built.cfg
     params = {"teacher": _bytes_of(built.teacher), "generator": _bytes_of(built.generator),
@@ -502,7 +555,7 @@ def rehearse_one(raw: dict, ctx, name: str, *, variant: Optional[str] = None, it
         set_checkpointing(built.generator, on)
         set_checkpointing(built.student, on)
         runs["checkpointed" if on else "none"] = run_iterations(built, train, device, iterations, counted_states)
-    main = runs["checkpointed" if modes[0] else "none"]  # 'both': the record's main numbers are without
+    main = runs["checkpointed" if modes[0] else "none"]  # 'both': the record's main numbers are without it
     act = activation_memory(built, activation_batches or (batch, 2 * batch), device)
     set_checkpointing(built.generator, modes[0])
     passes = evaluation_passes(built, batch, device)

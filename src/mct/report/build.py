@@ -26,13 +26,14 @@ from ..config import from_dict
 from ..io import write_text
 from .collect import collect
 from .context import HERE, Inputs, ReportConfig, load_paper_results
-from .sections import ablations, main, modes, samples, speed, summary
+from .sections import ablations, main, modes, paper_scale, samples, speed, summary
 
 log = logging.getLogger(__name__)
 
 SECTIONS = [("summary", "1. Summary", summary), ("main", "2. Main results", main),
             ("ablations", "3. Ablations", ablations), ("modes", "4. Mode-seeking to mode-covering", modes),
-            ("samples", "5. Samples", samples), ("speed", "6. Speed", speed)]
+            ("samples", "5. Samples", samples), ("speed", "6. Speed", speed),
+            ("paper_scale", "7. Paper-scale cost", paper_scale)]
 
 __all__ = ["ReportConfig", "build_report"]
 
