@@ -159,13 +159,17 @@ def _cmd_rehearse(args):
         raise MCTError(f"--utilisation must be in (0, 1], got {args.utilisation}")
     if args.optimizer_states not in ("auto", "allocated", "counted"):
         raise MCTError(f"--optimizer-states must be auto, allocated or counted, got {args.optimizer_states!r}")
+    for name, value in (("--em-steps", args.em_steps), ("--score-updates", args.score_updates)):
+        if value is not None and value < 1:
+            raise MCTError(f"{name} must be >= 1, got {value}")
     if args.teacher_precision not in (None, "fp32", "fp16", "bf16"):
         raise MCTError(f"--teacher-precision must be fp32, fp16 or bf16, got {args.teacher_precision!r}")
     root, raw = load_root(args.config, args.results_dir)
     for path in run_rehearse(raw, _context(root, args), benches=args.bench, variant=args.variant,
                              iterations=args.iterations, batch=args.batch, checkpointing=args.checkpointing,
                              utilisation=args.utilisation, optimizer_states=args.optimizer_states,
-                             teacher_precision=args.teacher_precision).values():
+                             teacher_precision=args.teacher_precision, em_steps=args.em_steps,
+                             score_updates=args.score_updates).values():
         print(path)
 
 
@@ -311,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                                "they would not fit in the memory here)")
     sp.add_argument("--teacher-precision", default=None, help="override the frozen teacher's precision (sd15 on "
                                                               "CPU: bf16 instead of fp16)")
+    sp.add_argument("--em-steps", type=int, default=None, help="count a shorter iteration with this K (the "
+                    "configured iteration's FLOPs and time are then computed from each pass's; default: as configured)")
+    sp.add_argument("--score-updates", type=int, default=None, help="the same for the student updates per iteration")
     sp.set_defaults(func=_cmd_rehearse)
 
     sp = sub.add_parser("docs", help="generated parts of the documentation")

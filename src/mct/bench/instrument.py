@@ -6,6 +6,7 @@ for its backward (storages created during the pass that are still alive after it
 from __future__ import annotations
 
 import gc
+import time
 from collections import Counter, defaultdict
 from typing import Callable, Optional
 
@@ -55,6 +56,8 @@ class CallCounter:
         self.calls: Counter = Counter()
         self.backward_calls: Counter = Counter()
         self.flops: dict[str, int] = defaultdict(int)
+        self.seconds: dict[str, float] = defaultdict(float)  # wall time by kind (CPU: no sync needed)
+        self.clock = time.perf_counter()
         self.mode = None
         self.kind = OTHER
         self.mark = 0
@@ -62,9 +65,12 @@ class CallCounter:
 
     # --- FLOP attribution
     def start(self, mode) -> None:
-        self.mode, self.kind, self.mark = mode, OTHER, flop_total(mode)
+        self.mode, self.kind, self.mark, self.clock = mode, OTHER, flop_total(mode), time.perf_counter()
 
     def switch(self, kind: str) -> None:
+        now = time.perf_counter()
+        self.seconds[self.kind] += now - self.clock
+        self.clock = now
         if self.mode is not None:
             total = flop_total(self.mode)
             self.flops[self.kind] += total - self.mark
@@ -115,13 +121,23 @@ class CallCounter:
         self.calls.clear()
         self.backward_calls.clear()
         self.flops.clear()
+        self.seconds.clear()
 
 
 def counted_flops(fn: Callable[[], object]) -> int:
     """FLOPs of ``fn()`` by torch's flop counter."""
+    return counted_and_timed(fn)[0]
+
+
+def counted_and_timed(fn: Callable[[], object], sync: Callable[[], None] = lambda: None) -> tuple[int, float]:
+    """FLOPs of ``fn()`` and its wall seconds, from one call (the counter's overhead is per op,
+    small next to a full-size network's convolutions)."""
     with flop_counter() as mode:
+        t0 = time.perf_counter()
         fn()
-    return flop_total(mode)
+        sync()
+        seconds = time.perf_counter() - t0
+    return flop_total(mode), seconds
 
 
 class _LiveStorages(torch.utils._python_dispatch.TorchDispatchMode):

@@ -230,6 +230,7 @@ def run_iterations(built: Built, train, device, n: int, counted_states: bool) ->
     elif meter.cuda:
         peak_rss = int(torch.cuda.max_memory_allocated(device))
     calls, backward, by_kind = dict(counter.calls), dict(counter.backward_calls), dict(counter.flops)
+    by_kind_seconds = dict(counter.seconds)
     counter.detach()
     for it in range(1, n):
         t0 = time.perf_counter()
@@ -238,6 +239,7 @@ def run_iterations(built: Built, train, device, n: int, counted_states: bool) ->
             torch.cuda.synchronize(device)
         seconds.append(time.perf_counter() - t0)
     out = {"calls": calls, "backward_calls": backward, "flops": int(flops["total"]), "by_kind": by_kind,
+           "by_kind_seconds": by_kind_seconds,
            "seconds": seconds, "iteration_peak": peak, "peak_rss": peak_rss}
     if counted_states:
         out["grads_bytes"] = None
@@ -291,42 +293,29 @@ def activation_memory(built: Built, batches: tuple[int, int], device) -> dict:
     return out
 
 
-def _timed(fn: Callable[[], Any], device, repeats: int = 1) -> float:
-    import torch
-
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return min(times)
-
-
 def evaluation_passes(built: Built, batch: int, device) -> dict:
     """Measured: seconds and FLOPs of one one-step sample batch, of one teacher call (guided for
     sd15: both branches) and, for sd15, of the VAE decode of one batch of latents."""
     import torch
 
-    from .instrument import counted_flops
+    from .instrument import counted_and_timed
 
     rng = torch.Generator(device=device).manual_seed(2)
     z, c = built.sample_latents(batch, rng)
     gen = built.generator
     gen.eval()
     out = {}
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     with torch.no_grad():
-        out["generator_flops"] = counted_flops(lambda: gen(z, c))
-        out["generator_seconds"] = _timed(lambda: gen(z, c), device)
+        out["generator_flops"], out["generator_seconds"] = counted_and_timed(lambda: gen(z, c), sync)
         sigma = torch.full((batch,), 1.0, device=device)
         x = z * 1.0
-        out["teacher_call_flops"] = counted_flops(lambda: built.teacher(x, sigma, c))
-        out["teacher_call_seconds"] = _timed(lambda: built.teacher(x, sigma, c), device)
+        out["teacher_call_flops"], out["teacher_call_seconds"] = counted_and_timed(
+            lambda: built.teacher(x, sigma, c), sync)
         if built.sd is not None:
             lat = gen(z, c)
-            out["decode_flops"] = counted_flops(lambda: built.sd.decode(lat, batch_size=batch))
-            out["decode_seconds"] = _timed(lambda: built.sd.decode(lat, batch_size=batch), device)
+            out["decode_flops"], out["decode_seconds"] = counted_and_timed(
+                lambda: built.sd.decode(lat, batch_size=batch), sync)
             out["image_size"] = int(8 * built.sd.latent_shape[-1])
     gen.train()
     return out
@@ -517,9 +506,14 @@ def standalone_pass_flops(built: Built, batch: int = 1) -> dict[str, dict[str, i
 def rehearse_one(raw: dict, ctx, name: str, *, variant: Optional[str] = None, iterations: int = 1, batch: int = 1,
                  checkpointing: str = "config", utilisation: float = DEFAULT_UTILISATION,
                  optimizer_states: str = "auto", teacher_precision: Optional[str] = None,
-                 arch: Optional[dict] = None, activation_batches: Optional[tuple[int, int]] = None):
+                 arch: Optional[dict] = None, activation_batches: Optional[tuple[int, int]] = None,
+                 em_steps: Optional[int] = None, score_updates: Optional[int] = None):
     """Rehearse benchmark ``name`` and return its :class:`mct.records.RehearsalRecord` (not written).
-    ``arch``: architecture overrides (tests: tiny widths of the same architecture)."""
+    ``arch``: architecture overrides (tests: tiny widths of the same architecture).
+    ``em_steps`` / ``score_updates``: run a shorter iteration (K, student updates) than configured
+    when the configured one is too slow here; every kind of pass still runs, and the configured
+    iteration's FLOPs and time are then computed from the per-pass numbers and the call formula
+    (the record says so in ``flops_per_sample.iteration_source``)."""
     import torch
 
     from ..config import config_hash, to_dict
@@ -545,7 +539,11 @@ def rehearse_one(raw: dict, ctx, name: str, *, variant: Optional[str] = None, it
             else "allocated"
     counted_states = optimizer_states == "counted"
     train = replace(cfg.train, batch_size=batch, accumulation=1, compile=False, channels_last=False,
-                    precision="fp32" if device.type == "cpu" else cfg.train.precision)
+                    precision="fp32" if device.type == "cpu" else cfg.train.precision,
+                    score_updates=cfg.train.score_updates if score_updates is None else score_updates)
+    run_em = cfg.em if em_steps is None else replace(cfg.em, num_steps=em_steps)
+    shortened = (run_em.num_steps, train.score_updates) != (cfg.em.num_steps, cfg.train.score_updates)
+    built.cfg = replace(cfg, em=run_em)  # what DistillStep runs
     if device.type == "cpu":
         notes.append("CPU: the generator and student run in fp32 (bf16 autocast is for the GPU); FLOP counts do not "
                      "depend on the precision")
@@ -556,17 +554,27 @@ def rehearse_one(raw: dict, ctx, name: str, *, variant: Optional[str] = None, it
         set_checkpointing(built.student, on)
         runs["checkpointed" if on else "none"] = run_iterations(built, train, device, iterations, counted_states)
     main = runs["checkpointed" if modes[0] else "none"]  # 'both': the record's main numbers are without it
+    built.cfg = cfg
     act = activation_memory(built, activation_batches or (batch, 2 * batch), device)
     set_checkpointing(built.generator, modes[0])
     passes = evaluation_passes(built, batch, device)
 
-    calls, by_kind = main["calls"], main["by_kind"]
+    calls, by_kind, by_sec = main["calls"], main["by_kind"], main.get("by_kind_seconds", {})
     per_pass = _per_pass(calls, by_kind, batch)
-    flops_ps = round(main["flops"] / batch)
+    measured_ps = round(main["flops"] / batch)
     unattributed = round(by_kind.get("other", 0) / batch)
     kinds = {k: round(v / batch) for k, v in by_kind.items() if k != "other"}
-    want = expected_calls(cfg.em, cfg.train, text_encoder=sd)
-    formula_flops = sum(want.get(k, 0) * (by_kind.get(k, 0) / calls[k] if calls.get(k) else 0) for k in want) / batch
+    want = expected_calls(cfg.em, cfg.train, text_encoder=sd)  # the configured iteration
+    ran = expected_calls(run_em, train, text_encoder=sd)  # the iteration that ran
+    formula_flops = sum(n * (by_kind.get(k, 0) / calls[k] if calls.get(k) else 0) for k, n in want.items()) / batch
+    formula_seconds = sum(n * (by_sec.get(k, 0.0) / calls[k] if calls.get(k) else 0) for k, n in want.items()) \
+        + by_sec.get("other", 0.0)
+    flops_ps = measured_ps if not shortened else round(formula_flops) + unattributed
+    if shortened:
+        notes.append(f"the counted iteration ran K = {run_em.num_steps}, {train.score_updates} student update(s) "
+                     f"(configured: K = {cfg.em.num_steps}, {cfg.train.score_updates}) to fit this machine's time; "
+                     "flops_per_sample.iteration and wall_seconds_per_iteration of the configured iteration are "
+                     "computed: calls of the formula x each kind's measured FLOPs and seconds per call")
     grads = main["grads_bytes"] if main["grads_bytes"] is not None else trainable
     optim = main["optimizer_bytes"] if main["optimizer_bytes"] is not None else 2 * trainable
     ema = main.get("ema_bytes") or params["generator"]
@@ -605,6 +613,12 @@ def rehearse_one(raw: dict, ctx, name: str, *, variant: Optional[str] = None, it
     mem_view = {"params_total": params_all["total"], "grads_bytes": int(grads), "optimizer_bytes": int(optim),
                 "act_per_sample": act["per_sample"], "act_fixed": act["fixed"]}
     seconds = main["seconds"]
+    measured[measured.index("wall_seconds_per_iteration")] = ("wall_seconds_per_iteration" if not shortened else
+                                                              "wall seconds of the shorter iteration and per kind")
+    measured[measured.index("flops_per_sample")] = ("flops_per_sample" if not shortened else
+                                                    "flops_per_sample.by_kind, per_pass, measured_iteration")
+    if shortened:
+        computed += ["flops_per_sample.iteration", "wall_seconds_per_iteration"]
     record = RehearsalRecord(
         bench=name, variant=variant, device=device.type,
         device_name=(torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"),
@@ -612,6 +626,7 @@ def rehearse_one(raw: dict, ctx, name: str, *, variant: Optional[str] = None, it
         iterations=iterations, weights=built.weights,
         settings={"K": cfg.em.num_steps, "gamma_z": cfg.em.gamma_z, "score_updates": cfg.train.score_updates,
                   "checkpointing": modes[0] if len(modes) == 1 else "both", "optimizer_states": optimizer_states,
+                  "counted_iteration": {"K": run_em.num_steps, "score_updates": train.score_updates},
                   "teacher_precision": cfg.teacher.precision if sd else cfg.teacher.precision + " (autocast on CUDA "
                   "only; fp32 here)" if device.type == "cpu" else cfg.teacher.precision,
                   "train_precision": train.precision},
@@ -621,16 +636,21 @@ def rehearse_one(raw: dict, ctx, name: str, *, variant: Optional[str] = None, it
         calls=calls, backward_calls=main["backward_calls"],
         flops_per_sample=RehearsalFlops(
             iteration=flops_ps, by_kind=kinds, per_pass=per_pass, unattributed=unattributed,
+            measured_iteration=measured_ps, measured_at={"K": run_em.num_steps, "score_updates": train.score_updates},
+            iteration_source=("computed: formula calls x per-pass FLOPs measured on a shorter iteration" if shortened
+                              else "measured: the configured iteration, counted"),
             method=("torch.utils.flop_counter.FlopCounterMode over the whole iteration (matmul, convolution, "
                     "attention; forward and backward), split by kind at every network call and at the start of "
                     "every backward through a network; per sample = / batch; per_pass = by_kind / calls"
                     + ("; a guided teacher call is one batched pass over both CFG branches" if sd else ""))),
-        memory=mem, wall_seconds_per_iteration=round(statistics.median(seconds), 3),
+        memory=mem, wall_seconds_per_iteration=round(formula_seconds if shortened else statistics.median(seconds), 3),
         wall_seconds_by_checkpointing={k: round(statistics.median(r["seconds"]), 3) for k, r in runs.items()},
         projection={**projection(cfg, flops_ps, mem_view, utilisation),
                     "flops_per_sample_by_checkpointing": {k: round(r["flops"] / batch) for k, r in runs.items()}},
         evaluation=evaluation(name, cfg, passes, per_pass, batch, utilisation),
-        formula={"expected_calls": want, "calls_match": want == calls,
+        formula={"expected_calls": want, "calls_match": ran == calls, "ran_calls_expected": ran,
+                 "seconds_from_formula": round(formula_seconds, 3),
+                 "seconds_by_kind": {k: round(v, 3) for k, v in by_sec.items()},
                  "text": ("per iteration: K teacher forwards (" + ("guided: both CFG branches in one batched call; "
                                                                    if sd else "") +
                           "no graph), K student forwards (no graph), K generator forwards with a graph to z each "

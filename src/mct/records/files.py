@@ -208,12 +208,18 @@ class RehearsalFlops:
     """FLOPs per sample of one iteration, counted by torch.utils.flop_counter.FlopCounterMode
     (matmuls, convolutions, attention; elementwise work is not counted): the whole iteration,
     the part of it spent in each kind of network call (``by_kind``), and each network's pass
-    (``per_pass``: {network: {forward, forward_backward, forward_input_vjp}} = by_kind / calls)."""
+    (``per_pass``: {network: {forward, forward_backward, forward_input_vjp}} = by_kind / calls).
+    ``iteration`` is the configured iteration's: ``measured_iteration`` itself, or (when a shorter
+    iteration ``measured_at`` {K, score_updates} was counted) the formula's calls x per_pass;
+    ``iteration_source`` says which."""
 
     iteration: int
     by_kind: dict[str, int] = field(default_factory=dict)
     per_pass: dict[str, dict[str, int]] = field(default_factory=dict)
     unattributed: int = 0
+    measured_iteration: Optional[int] = None
+    measured_at: dict[str, int] = field(default_factory=dict)
+    iteration_source: str = ""
     method: str = ""
 
 
