@@ -14,6 +14,7 @@ one teacher call, the SD VAE decode). Everything else (GPU hours, the largest pe
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
@@ -161,6 +162,20 @@ def _build_sd(bench, cfg, ctx, tmp: Path, arch: Optional[dict], teacher_precisio
 
 
 # ----------------------------------------------------------------------------- the iteration
+
+def _UNetLetGo(unet):
+    """What SDTeacher still needs of its U-Net once the U-Net is let go: its config (latent shape)
+    and its device (text encoding)."""
+    import torch
+
+    class LetGo(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.config = unet.config
+            self.anchor = torch.nn.Parameter(torch.zeros(1, device=unet.device), requires_grad=False)
+
+    return LetGo()
+
 
 class _StatesCounted:
     """Stands in for Adam when its states are counted, not allocated: gradients are dropped after
@@ -555,9 +570,16 @@ def rehearse_one(raw: dict, ctx, name: str, *, variant: Optional[str] = None, it
         runs["checkpointed" if on else "none"] = run_iterations(built, train, device, iterations, counted_states)
     main = runs["checkpointed" if modes[0] else "none"]  # 'both': the record's main numbers are without it
     built.cfg = cfg
-    act = activation_memory(built, activation_batches or (batch, 2 * batch), device)
     set_checkpointing(built.generator, modes[0])
     passes = evaluation_passes(built, batch, device)
+    counts = {"teacher": _count(built.teacher), "generator": _count(built.generator), "student": _count(built.student)}
+    # the activation measurement needs the generator alone (and sd15's text encoder): the teacher and
+    # the student are let go first, so that the graph without checkpointing fits here
+    built.teacher = built.student = None
+    if built.sd is not None:
+        built.sd.unet = _UNetLetGo(built.sd.unet)
+    gc.collect()
+    act = activation_memory(built, activation_batches or (batch, 2 * batch), device)
 
     calls, by_kind, by_sec = main["calls"], main["by_kind"], main.get("by_kind_seconds", {})
     per_pass = _per_pass(calls, by_kind, batch)
@@ -630,8 +652,7 @@ def rehearse_one(raw: dict, ctx, name: str, *, variant: Optional[str] = None, it
                   "teacher_precision": cfg.teacher.precision if sd else cfg.teacher.precision + " (autocast on CUDA "
                   "only; fp32 here)" if device.type == "cpu" else cfg.teacher.precision,
                   "train_precision": train.precision},
-        networks={"params": {"teacher": _count(built.teacher), "generator": _count(built.generator),
-                             "student": _count(built.student)},
+        networks={"params": counts,
                   "guided_teacher": bool(sd and cfg.teacher.guidance != 1.0)},
         calls=calls, backward_calls=main["backward_calls"],
         flops_per_sample=RehearsalFlops(
