@@ -228,3 +228,40 @@ def test_readme_render_replaces_only_the_block(tmp_path):
     text = readme.read_text(encoding="utf-8")
     assert text.startswith("intro\n") and text.endswith(f"{END}\nrest\n") and "hand-typed" not in text
     assert main(["docs", "readme", "--readme", str(readme), "--rehearsals", str(tmp_path / "none"), "--check"]) == 0
+
+
+def _record(bench="imagenet64"):
+    """A hand-made rehearsal record (the report and README read only what it holds)."""
+    from mct.records import Provenance, RehearsalFlops, RehearsalMemory
+
+    prov = Provenance(commit="abc", dirty=False, config_hash="h", packages={}, created="2026-01-01T00:00:00+00:00")
+    mem = RehearsalMemory(params_bytes={"teacher": 4, "total": 16}, optimizer_bytes=8, grads_bytes=4,
+                          activation_bytes_per_sample={"none": 2 * 2**30, "checkpointed": 2**29},
+                          peak_rss_bytes=3 * 2**30)
+    return RehearsalRecord(
+        bench=bench, variant="mct", device="cpu", provenance=prov, batch_size=1, iterations=1,
+        calls={"teacher_forward": 8}, flops_per_sample=RehearsalFlops(iteration=12_345_000_000_000),
+        memory=mem, wall_seconds_per_iteration=900.0,
+        projection={"total_flop": 6.3e20, "iterations": 200000, "global_batch": 256, "utilisation": 0.4,
+                    "peak_tflops_bf16_dense": {"H100-80GB": 989.0, "A100-80GB": 312.0},
+                    "gpu_hours": {"H100-80GB": 442.4, "A100-80GB": 1402.3},
+                    "memory_per_gpu": {"none": {"max_micro_batch": 30}, "checkpointed": {"max_micro_batch": 120}}},
+        evaluation={"generator": {"flops_per_sample": 2.19e11, "hours": {"H100-80GB": 0.03}, "num_samples": 150000}},
+        networks={"params": {"teacher": 295_899_267}}, formula={"expected_calls": {"teacher_forward": 8}})
+
+
+def test_report_section_shows_rehearsal_beside_not_run_here(tmp_path):
+    from mct.report.context import Inputs, ReportConfig, load_paper_results
+    from mct.report.collect import collect
+    from mct.report.sections import paper_scale
+
+    write_record(tmp_path / "rehearsal" / "imagenet64.json", _record())
+    inputs = Inputs(collect(tmp_path, {"benchmarks": {}}), {}, ReportConfig(), load_paper_results(),
+                    tmp_path / "report.html")
+    out = paper_scale.build(inputs)
+    (r,) = out["table"].rows
+    texts = [c.text for c in r.cells]
+    assert texts[0] == "not run here" and texts[1] == "imagenet64 (mct)"
+    assert "12.35" in texts and "442" in texts and "30 / 120" in texts
+    assert "2.00 GiB / 0.50 GiB" in texts
+    assert "imagenet128" in out["missing"] and "imagenet64" not in out["missing"]
