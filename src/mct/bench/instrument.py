@@ -160,19 +160,20 @@ class _LiveStorages(torch.utils._python_dispatch.TorchDispatchMode):
                     self.refs[st._cdata] = (StorageWeakRef(st), st.nbytes())
         return out
 
-    def live_bytes(self, exclude: Optional[torch.Tensor] = None) -> int:
+    def live_bytes(self, skip: set) -> int:
         gc.collect()
-        skip = exclude.untyped_storage()._cdata if exclude is not None else None
-        return int(sum(nb for key, (ref, nb) in self.refs.items() if key != skip and not ref.expired()))
+        return int(sum(nb for key, (ref, nb) in self.refs.items() if key not in skip and not ref.expired()))
 
 
-def graph_bytes(fn: Callable[[], torch.Tensor]) -> int:
+def graph_bytes(fn: Callable[[], torch.Tensor], modules: tuple = ()) -> int:
     """Bytes of tensor storage created while ``fn()`` ran that are still alive once it returned,
     its own output excepted: what a graph keeps for its backward (saved activations, and under
-    activation checkpointing the inputs kept for recomputation). Parameters are not counted."""
+    activation checkpointing the inputs kept for recomputation). The parameters and buffers of
+    ``modules`` are not counted even where an op returned a view of them (a transposed weight)."""
+    skip = {t.untyped_storage()._cdata for m in modules for t in list(m.parameters()) + list(m.buffers())}
     mode = _LiveStorages()
     with torch.enable_grad(), mode:
         out = fn()
-    live = mode.live_bytes(exclude=out)
+    live = mode.live_bytes(skip | {out.untyped_storage()._cdata})
     del out
     return live

@@ -51,7 +51,7 @@ def row(r) -> list[str]:
     ev = r.evaluation.get("generator", {})
     act = m.activation_bytes_per_sample
     return [
-        f"{r.bench} ({r.variant})", f"{r.networks.get('params', {}).get('teacher', 0) / 1e6:.1f} M", _calls(r),
+        r.bench if r.variant.startswith("(") else f"{r.bench} ({r.variant})", f"{r.networks.get('params', {}).get('teacher', 0) / 1e6:.1f} M", _calls(r),
         f"{_computed(r)}{r.flops_per_sample.iteration / 1e12:.2f}",
         f"{_gib(act.get('none'))} / {_gib(act.get('checkpointed'))}",
         f"{_computed(r)}{r.wall_seconds_per_iteration:.0f} s ({r.batch_size}, {r.device})",

@@ -294,7 +294,7 @@ def activation_memory(built: Built, batches: tuple[int, int], device) -> dict:
                                           f"{avail / 2**30:.1f} GiB available here")
                     continue
             z, c = built.sample_latents(b, rng)
-            got[b] = graph_bytes(lambda: gen(z, c))
+            got[b] = graph_bytes(lambda: gen(z, c), modules=(gen,))
             del z, c
         bs = sorted(got)
         if len(bs) >= 2:
