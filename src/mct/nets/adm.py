@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .dhariwal import checkpointed
+from .checkpointing import checkpointed
 
 NUM_CLASSES = 1000
 

@@ -28,11 +28,11 @@ import math
 from typing import Any, Optional, Sequence
 
 import torch
-import torch.utils.checkpoint
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..diffusion.edm import EDMPrecond
+from .checkpointing import checkpointed
 
 # ---------------------------------------------------------------------------
 # Initialisation (same distributions as EDM uses, so that the random-init ablation
@@ -228,20 +228,6 @@ class UNetBlock(nn.Module):
             a = a.transpose(2, 3).reshape(n, c, h, w)
             x = (self.proj(a) + x) * self.skip_scale
         return x
-
-
-def checkpointed(block: nn.Module, enabled: bool):
-    """``block`` itself, or (``enabled`` and a graph being recorded) ``block`` under activation
-    checkpointing: only its inputs are kept and its forward runs again in backward. Non-reentrant,
-    so the E-step's VJP (``torch.autograd.grad`` to z) works through it and dropout replays the
-    same mask."""
-    if not (enabled and torch.is_grad_enabled()):
-        return block
-
-    def run(*args):
-        return torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
-
-    return run
 
 
 def labels_to_onehot(cond: Optional[Tensor], label_dim: int, n: int, device, dtype=torch.float32) -> Tensor:
