@@ -5,7 +5,6 @@ README block generated from the committed rehearsal records."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -138,8 +137,6 @@ def test_rehearse_imagenet64_tiny_counts_and_flops(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("MCT_SLOW_REHEARSAL"), reason="minutes per architecture: out of the default "
-                    "run; MCT_SLOW_REHEARSAL=1 pytest tests/test_rehearse.py -m slow")
 @pytest.mark.parametrize("name", ["imagenet64", "imagenet128", "sd15"])
 def test_rehearse_paper_configs_tiny(tmp_path, name):
     """Slow: every paper architecture, the iteration run with and without checkpointing (SD through a
