@@ -1,13 +1,7 @@
-"""Fixtures in the exact formats of the paper-scale teachers, built by the tests themselves
-(nothing is downloaded, no EDM or guided-diffusion code is imported):
+"""Test helpers around the teacher-format writers of :mod:`mct.teachers.fixtures` (EDM pickle,
+OpenAI ADM .pt; nothing is downloaded, no EDM or guided-diffusion code is imported): in tests the
+pickle's ``module_src`` writes a marker file if it is ever executed. Also:
 
-- an EDM network pickle: persistent objects reduced to
-  ``torch_utils.persistence._reconstruct_persistent_obj(meta)`` with ``meta = dict(type='class',
-  version=6, module_src, class_name, state)``, ``state`` the module's ``__dict__`` plus
-  ``_init_args`` / ``_init_kwargs``, tensors pickled by torch itself. ``torch_utils.persistence``
-  exists only in a ``sys.modules`` sandbox while pickling. ``module_src`` holds code that writes a
-  marker file if it is ever executed.
-- an OpenAI ADM ``.pt`` (a plain ``torch.save`` of a state dict).
 - a loopback HTTP server (127.0.0.1) with Range support and failure modes.
 """
 
@@ -20,121 +14,19 @@ import math
 import pickle
 import re
 import socket
-import sys
 import threading
-import types
-from pathlib import Path
 
-import numpy as np
 import torch
 
-from mct.nets.dhariwal import (Conv2d, DhariwalDenoiser, DhariwalUNet, GroupNorm, Linear, PositionalEmbedding,
-                               UNetBlock)
-
-EDM_CLASS_NAMES = {DhariwalDenoiser: "EDMPrecond", DhariwalUNet: "DhariwalUNet", UNetBlock: "UNetBlock",
-                   Conv2d: "Conv2d", Linear: "Linear", GroupNorm: "GroupNorm",
-                   PositionalEmbedding: "PositionalEmbedding"}
-
-TINY_EDM_KWARGS = dict(img_resolution=8, img_channels=3, label_dim=10, use_fp16=False, sigma_min=0.0,
-                       sigma_max=float("inf"), sigma_data=0.5, model_type="DhariwalUNet", model_channels=32,
-                       channel_mult=[1, 2], channel_mult_emb=2, num_blocks=1, attn_resolutions=[4], dropout=0.1)
-
-
-def marker_source(marker: Path) -> str:
-    """Module source that creates ``marker`` when executed (it must never be)."""
-    return ("import pathlib\n"
-            f"pathlib.Path({str(marker)!r}).write_text('module_src was executed')\n"
-            "class EDMPrecond: pass\n")
-
-
-class FakeEDMLoss:
-    """Stands for EDM's persistent EDMLoss object in a snapshot."""
-
-    def __init__(self):
-        self.P_mean, self.P_std, self.sigma_data = -1.2, 1.2, 0.5
-
-
-@contextlib.contextmanager
-def fake_torch_utils():
-    """``torch_utils.persistence._reconstruct_persistent_obj`` in sys.modules, only inside the block."""
-    names = ("torch_utils", "torch_utils.persistence")
-    saved = {n: sys.modules.get(n) for n in names}
-    pkg = types.ModuleType("torch_utils")
-    mod = types.ModuleType("torch_utils.persistence")
-
-    def _reconstruct_persistent_obj(meta):  # pragma: no cover - never called by the tests
-        raise AssertionError("the fake reconstruct function must never be called")
-
-    _reconstruct_persistent_obj.__module__ = "torch_utils.persistence"
-    _reconstruct_persistent_obj.__qualname__ = "_reconstruct_persistent_obj"
-    mod._reconstruct_persistent_obj = _reconstruct_persistent_obj
-    pkg.persistence = mod
-    sys.modules.update({"torch_utils": pkg, "torch_utils.persistence": mod})
-    try:
-        yield _reconstruct_persistent_obj
-    finally:
-        for n, m in saved.items():
-            if m is None:
-                sys.modules.pop(n, None)
-            else:
-                sys.modules[n] = m
-
-
-class EDMStylePickler(pickle.Pickler):
-    """Pickles MCT's Dhariwal modules the way EDM's persistence decorator pickles its own."""
-
-    def __init__(self, f, reconstruct, module_src: str, top_kwargs: dict, extra_reduce=None):
-        super().__init__(f, protocol=4)
-        self.reconstruct, self.module_src, self.top_kwargs = reconstruct, module_src, top_kwargs
-        self.extra_reduce = extra_reduce or {}
-
-    def _meta(self, class_name, state):
-        return dict(type="class", version=6, module_src=self.module_src, class_name=class_name, state=state)
-
-    def reducer_override(self, obj):
-        if id(obj) in self.extra_reduce:
-            return self.extra_reduce[id(obj)]
-        if isinstance(obj, FakeEDMLoss):
-            state = dict(obj.__dict__, _init_args=(), _init_kwargs={})
-            return self.reconstruct, (self._meta("EDMLoss", state),)
-        name = EDM_CLASS_NAMES.get(type(obj))
-        if name is None:
-            return NotImplemented
-        state = dict(obj.__dict__)
-        state.pop("init_kwargs", None)
-        state["_init_args"] = ()
-        if isinstance(obj, DhariwalDenoiser):
-            state["_init_kwargs"] = dict(self.top_kwargs)
-        else:  # EDM records each block's kwargs; numpy scalars appear in them (np.sqrt(1/3) init gains)
-            state["_init_kwargs"] = {"init": {"init_mode": "kaiming_uniform", "init_weight": np.sqrt(1 / 3),
-                                              "init_bias": np.sqrt(np.float64(1 / 3))}}
-        return self.reconstruct, (self._meta(name, state),)
+from mct.nets.dhariwal import DhariwalDenoiser
+# the writers of the teacher formats live in the package (mct rehearse uses them at full size)
+from mct.teachers.fixtures import (EDM_CLASS_NAMES, TINY_ADM_FLAGS, TINY_EDM_KWARGS, EDMStylePickler,  # noqa: F401
+                                   FakeEDMLoss, fake_torch_utils, marker_source, random_edm_net, write_edm_pickle)
 
 
 def tiny_edm_net(seed: int = 0, kwargs: dict | None = None) -> DhariwalDenoiser:
     """A tiny DhariwalDenoiser with every weight random (so every layer matters)."""
-    torch.manual_seed(seed)
-    net = DhariwalDenoiser(**(kwargs or TINY_EDM_KWARGS))
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            p.normal_(0.0, 0.2 if "norm" not in name else 1.0)
-    return net.eval()
-
-
-def write_edm_pickle(path: Path, net: DhariwalDenoiser, marker: Path, top_kwargs: dict | None = None,
-                     extra_entries: dict | None = None, extra_reduce: dict | None = None) -> Path:
-    """An EDM training-loop snapshot: dict(ema=net, loss_fn=..., augment_pipe=None, dataset_kwargs=...)."""
-    data = dict(ema=net, loss_fn=FakeEDMLoss(), augment_pipe=None,
-                dataset_kwargs=dict(class_name="training.dataset.ImageFolderDataset",
-                                    path="datasets/imagenet-64x64.zip", use_labels=True, xflip=False, cache=True,
-                                    resolution=net.img_resolution, max_size=1281167))
-    data.update(extra_entries or {})
-    buf = io.BytesIO()
-    with fake_torch_utils() as reconstruct:
-        EDMStylePickler(buf, reconstruct, marker_source(marker), top_kwargs or TINY_EDM_KWARGS,
-                        extra_reduce).dump(data)
-    path.write_bytes(buf.getvalue())
-    return path
+    return random_edm_net(seed, kwargs or TINY_EDM_KWARGS)
 
 
 class _Anything:
@@ -161,11 +53,6 @@ def pickle_globals(data: bytes) -> set[str]:
 
 
 # ---------------------------------------------------------------- ADM
-
-TINY_ADM_FLAGS = dict(image_size=8, num_channels=32, num_res_blocks=1, attention_resolutions="4",
-                      channel_mult="1,2", class_cond=True, learn_sigma=True, num_heads=2, resblock_updown=True,
-                      use_scale_shift_norm=True, use_fp16=False)
-
 
 def _res_keys(prefix: str, skip: bool) -> list[str]:
     keys = [f"{prefix}.{k}.{w}" for k in ("in_layers.0", "in_layers.2", "emb_layers.1", "out_layers.0",

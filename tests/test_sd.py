@@ -21,56 +21,25 @@ from mct.nets.onestep import OneStepGenerator  # noqa: E402
 from mct.teachers.sd import (SDUNetDenoiser, alphas_cumprod_from_scheduler_config,  # noqa: E402
                              load_sd_teacher)
 
-SD_SCHEDULER = {"_class_name": "PNDMScheduler", "beta_start": 0.00085, "beta_end": 0.012,
-                "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "prediction_type": "epsilon",
-                "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1, "clip_sample": False}
+from mct.teachers.fixtures import SD_SCHEDULER  # noqa: E402
 TEXT_DIM = 32
 
 
-def write_clip_tokenizer(out_dir, num_merges: int = 2000) -> None:
-    """A CLIP BPE tokenizer (vocab.json + merges.txt, SD's layout) cut from open_clip's vocab."""
-    from open_clip.tokenizer import bytes_to_unicode, default_bpe
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    lines = gzip.open(default_bpe()).read().decode("utf-8").split("\n")[1:1 + num_merges]
-    merges = [tuple(line.split()) for line in lines]
-    vocab = list(bytes_to_unicode().values())
-    vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
-    (out_dir / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}), encoding="utf-8")
-    (out_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n",
-                                        encoding="utf-8")
-    (out_dir / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "CLIPTokenizer", "model_max_length": 77, "bos_token": "<|startoftext|>",
-        "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}), encoding="utf-8")
-    return len(vocab)
-
-
 def build_tiny_sd(root, seed: int = 0, prediction_type: str = "epsilon"):
-    """A tiny Stable Diffusion in the diffusers layout under ``root`` (latents 4x8x8, images 16x16)."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    """A tiny Stable Diffusion in the diffusers layout under ``root`` (latents 4x8x8, images 16x16),
+    written by the package's own writer (mct.teachers.fixtures, which mct rehearse uses at full size)."""
+    from mct.teachers.fixtures import write_sd
 
-    torch.manual_seed(seed)
-    vocab_size = write_clip_tokenizer(root / "tokenizer")
-    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-                                block_out_channels=(16, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=TEXT_DIM,
-                                attention_head_dim=8, norm_num_groups=8)
-    unet.save_pretrained(root / "unet")
-    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
-                        norm_num_groups=8, sample_size=16, layers_per_block=1)
-    vae.save_pretrained(root / "vae")
-    text = CLIPTextModel(CLIPTextConfig(vocab_size=vocab_size, hidden_size=TEXT_DIM, intermediate_size=64,
-                                        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
-                                        bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1,
-                                        pad_token_id=vocab_size - 1))
-    text.save_pretrained(root / "text_encoder")
-    (root / "scheduler").mkdir(parents=True, exist_ok=True)
-    (root / "scheduler" / "scheduler_config.json").write_text(
-        json.dumps({**SD_SCHEDULER, "prediction_type": prediction_type}), encoding="utf-8")
-    (root / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}), encoding="utf-8")
-    return root
+    unet = dict(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=TEXT_DIM,
+                attention_head_dim=8, norm_num_groups=8)
+    vae = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+               up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
+               norm_num_groups=8, sample_size=16, layers_per_block=1)
+    text = dict(hidden_size=TEXT_DIM, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                max_position_embeddings=77)
+    return write_sd(root, unet, vae, text, seed=seed, prediction_type=prediction_type)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -35,6 +35,9 @@ Pipeline steps (each reads --config and writes under its results_dir):
   sample                     images from a distilled generator -> PNG grid, PNG files or .npz
   export                     a distilled generator as a self-describing folder (mct.load_generator)
   bench                      speed and memory measurements -> results/bench/*.json
+  rehearse                   one iteration of a paper config at full network size, its cost projected
+                             -> results/rehearsal/*.json
+  docs readme                the README's rehearsal table, generated from results/rehearsal/*.json
   report                     results/report.html from whatever results exist
   config check|schema|show   validate a config (a paper run must fit its GPUs) / print its schema / show a variant
   plan                       per-GPU batch, accumulation, GPUs, hours and runtime segments from `mct rehearse`'s record
@@ -170,6 +173,42 @@ def _cmd_bench(args):
 
     root, raw = load_root(args.config, args.results_dir)
     run_bench(raw, _context(root, args), benches=args.bench)
+
+
+def _cmd_rehearse(args):
+    from .bench.rehearse import CHECKPOINTING, run_rehearse
+
+    for name, value, low in (("--iterations", args.iterations, 1), ("--batch", args.batch, 1)):
+        if value < low:
+            raise MCTError(f"{name} must be >= {low}, got {value}")
+    if args.checkpointing not in CHECKPOINTING:
+        raise MCTError(f"--checkpointing must be one of {', '.join(CHECKPOINTING)}, got {args.checkpointing!r}")
+    if not 0 < args.utilisation <= 1:
+        raise MCTError(f"--utilisation must be in (0, 1], got {args.utilisation}")
+    if args.optimizer_states not in ("auto", "allocated", "counted"):
+        raise MCTError(f"--optimizer-states must be auto, allocated or counted, got {args.optimizer_states!r}")
+    for name, value in (("--em-steps", args.em_steps), ("--score-updates", args.score_updates)):
+        if value is not None and value < 1:
+            raise MCTError(f"{name} must be >= 1, got {value}")
+    if args.teacher_precision not in (None, "fp32", "fp16", "bf16"):
+        raise MCTError(f"--teacher-precision must be fp32, fp16 or bf16, got {args.teacher_precision!r}")
+    root, raw = load_root(args.config, args.results_dir)
+    for path in run_rehearse(raw, _context(root, args), benches=args.bench, variant=args.variant,
+                             iterations=args.iterations, batch=args.batch, checkpointing=args.checkpointing,
+                             utilisation=args.utilisation, optimizer_states=args.optimizer_states,
+                             teacher_precision=args.teacher_precision, em_steps=args.em_steps,
+                             score_updates=args.score_updates).values():
+        print(path)
+
+
+def _cmd_docs(args):
+    from .bench.readme import update_readme
+
+    changed = update_readme(Path(args.readme), Path(args.rehearsals), check=args.check)
+    if args.check and changed:
+        raise MCTError(f"{args.readme}: the rehearsal table differs from {args.rehearsals}/*.json; "
+                       "run `mct docs readme`")
+    print(f"{args.readme}: {'updated' if changed else 'up to date'}")
 
 
 def _cmd_config(args):
@@ -315,6 +354,32 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp, bench=False)
     sp.add_argument("--bench", action="append", default=None, help="benchmark(s) to measure (default: all configured)")
     sp.set_defaults(func=_cmd_bench)
+
+    sp = sub.add_parser("rehearse", help="one iteration at full network size: calls, FLOPs, memory, projected cost")
+    common(sp, bench=False)
+    sp.add_argument("--bench", action="append", default=None,
+                    help="benchmark(s) to rehearse (default: every paper-scale one configured)")
+    sp.add_argument("--variant", default=None, help="variant rehearsed (default: the section as configured; the paper configs" "' mct variant is {})")
+    sp.add_argument("--iterations", type=int, default=1, help="iterations run (the first is counted; default 1)")
+    sp.add_argument("--batch", type=int, default=1, help="batch of the rehearsed iteration (default 1)")
+    sp.add_argument("--checkpointing", default="config", help="config | on | off | both (activation checkpointing "
+                                                             "of the iteration; its saving is measured either way)")
+    sp.add_argument("--utilisation", type=float, default=0.4, help="fraction of the bf16 peak assumed (default 0.4)")
+    sp.add_argument("--optimizer-states", default="auto", help="allocated | counted | auto (counted when "
+                                                               "they would not fit in the memory here)")
+    sp.add_argument("--teacher-precision", default=None, help="override the frozen teacher's precision (sd15 on "
+                                                              "CPU: bf16 instead of fp16)")
+    sp.add_argument("--em-steps", type=int, default=None, help="count a shorter iteration with this K (the "
+                    "configured iteration's FLOPs and time are then computed from each pass's; default: as configured)")
+    sp.add_argument("--score-updates", type=int, default=None, help="the same for the student updates per iteration")
+    sp.set_defaults(func=_cmd_rehearse)
+
+    sp = sub.add_parser("docs", help="generated parts of the documentation")
+    sp.add_argument("action", choices=["readme"])
+    sp.add_argument("--readme", default="README.md")
+    sp.add_argument("--rehearsals", default="results/rehearsal", help="folder of the rehearsal records")
+    sp.add_argument("--check", action="store_true", help="fail (exit 2) when the README block is not current")
+    sp.set_defaults(func=_cmd_docs)
 
     sp = sub.add_parser("config", help="validate a config, print the schema, show a resolved variant")
     sp.add_argument("action", choices=["check", "schema", "show"])

@@ -21,11 +21,15 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 INITS = ("teacher", "random")
 
 
-def configure(net: nn.Module, dropout: Optional[float] = None, precision: Optional[str] = None) -> nn.Module:
-    """Dropout of every dropout site and the autocast dtype of networks that have one (paper-scale U-Nets)."""
+def configure(net: nn.Module, dropout: Optional[float] = None, precision: Optional[str] = None,
+              checkpointing: Optional[bool] = None) -> nn.Module:
+    """Dropout of every dropout site, the autocast dtype and activation checkpointing of networks
+    that have them (the paper-scale U-Nets: mct.nets.dhariwal, mct.nets.adm)."""
     from ..nets.dhariwal import UNetBlock
 
     for m in net.modules():
+        if checkpointing is not None and hasattr(m, "checkpointing"):
+            m.checkpointing = bool(checkpointing)
         if dropout is not None:
             if isinstance(m, UNetBlock):
                 m.dropout = float(dropout)
@@ -50,7 +54,7 @@ def init_networks(teacher_net: nn.Module, record: dict, init: str, seed: Optiona
         gen_net, student = registry.rebuild(record["teacher"]), registry.rebuild(record["teacher"])
     device = next(teacher_net.parameters()).device
     for net in (gen_net, student):
-        configure(net, record.get("dropout"), record.get("precision"))
+        configure(net, record.get("dropout"), record.get("precision"), record.get("checkpointing"))
         net.to(device).train().requires_grad_(True)
     return OneStepGenerator(gen_net, record["sigma_g"]), student
 

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .checkpointing import checkpointed
+
 NUM_CLASSES = 1000
 
 
@@ -204,6 +206,7 @@ class ADMUNet(nn.Module):
         self.image_size, self.in_channels, self.out_channels = image_size, in_channels, out_channels
         self.model_channels, self.num_classes = model_channels, num_classes
         self.amp_dtype: Optional[torch.dtype] = None
+        self.checkpointing = False  # recompute each block in backward instead of saving its activations
         attention_resolutions = tuple(int(a) for a in attention_resolutions)
         emb_dim = model_channels * 4
         self.time_embed = nn.Sequential(nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
@@ -262,12 +265,13 @@ class ADMUNet(nn.Module):
                 emb = emb + self.label_emb(y.reshape(-1).long())
             hs = []
             h = x
+            on = self.checkpointing
             for module in self.input_blocks:
-                h = module(h, emb)
+                h = checkpointed(module, on)(h, emb)
                 hs.append(h)
-            h = self.middle_block(h, emb)
+            h = checkpointed(self.middle_block, on)(h, emb)
             for module in self.output_blocks:
-                h = module(torch.cat([h, hs.pop()], dim=1), emb)
+                h = checkpointed(module, on)(torch.cat([h, hs.pop()], dim=1), emb)
             out = self.out(h)
         return out.float() if amp else out
 

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..diffusion.edm import EDMPrecond
+from .checkpointing import checkpointed
 
 # ---------------------------------------------------------------------------
 # Initialisation (same distributions as EDM uses, so that the random-init ablation
@@ -266,6 +267,7 @@ class DhariwalUNet(nn.Module):
         self.img_resolution, self.in_channels, self.out_channels = img_resolution, in_channels, out_channels
         self.label_dim, self.label_dropout = label_dim, label_dropout
         self.amp_dtype: Optional[torch.dtype] = None
+        self.checkpointing = False  # recompute each block in backward instead of saving its activations
         emb_channels = model_channels * channel_mult_emb
         block_kwargs = dict(emb_channels=emb_channels, channels_per_head=64, dropout=dropout, init=_INIT,
                             init_zero=_INIT_ZERO)
@@ -336,12 +338,12 @@ class DhariwalUNet(nn.Module):
 
         skips = []
         for block in self.enc.values():
-            x = block(x, emb) if isinstance(block, UNetBlock) else block(x)
+            x = checkpointed(block, self.checkpointing)(x, emb) if isinstance(block, UNetBlock) else block(x)
             skips.append(x)
         for block, takes_skip in zip(self.dec.values(), self._takes_skip):
             if takes_skip:
                 x = torch.cat([x, skips.pop()], dim=1)
-            x = block(x, emb)
+            x = checkpointed(block, self.checkpointing)(x, emb)
         return self.out_conv(F.silu(self.out_norm(x)))
 
 

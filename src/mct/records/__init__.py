@@ -18,17 +18,19 @@ Files and their classes (paths under ``<results_dir>/<bench>/``):
 - ``summary.json``: :class:`Summary` (``summarize``; ``summary.csv`` is its flat view)
 - ``teacher.json`` (2-D mixture benchmarks): :class:`MixtureTeacher` (``evaluate``)
 - ``<results_dir>/bench/<bench>.json``: :class:`BenchRecord` (``mct bench``)
+- ``<results_dir>/rehearsal/<bench>.json``: :class:`RehearsalRecord` (``mct rehearse``)
 """
 
 from .check import RecordError
-from .files import (RECORDS, AuxMetrics, BenchRecord, CorrectionMetrics, MixtureTeacher, Record, RunMetrics, Summary,
-                    TeacherMetrics, read_record, write_record)
+from .files import (RECORDS, AuxMetrics, BenchRecord, CorrectionMetrics, MixtureTeacher, Record, RehearsalFlops,
+                    RehearsalMemory, RehearsalRecord, RunMetrics, Summary, TeacherMetrics, read_record, write_record)
 from .names import METRICS, SETTINGS, Scalar
 from .parts import (VERDICTS, Claim, Comparison, CurvePoint, EMOverhead, Interval, Memory, Provenance, Scores, SeedRun,
                     Speed, SummaryRow, TeacherRow, provenance)
 
 __all__ = ["RECORDS", "METRICS", "SETTINGS", "VERDICTS", "AuxMetrics", "BenchRecord", "Claim", "Comparison",
            "CorrectionMetrics", "CurvePoint", "Interval", "SeedRun",
-           "EMOverhead", "Memory", "MixtureTeacher", "Provenance", "Record", "RecordError", "RunMetrics", "Scalar",
+           "EMOverhead", "Memory", "MixtureTeacher", "Provenance", "Record", "RecordError", "RehearsalFlops", "RehearsalMemory", "RehearsalRecord",
+           "RunMetrics", "Scalar",
            "Scores", "Speed", "Summary", "SummaryRow", "TeacherMetrics", "TeacherRow", "provenance", "read_record",
            "write_record"]

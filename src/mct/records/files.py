@@ -225,6 +225,84 @@ class BenchRecord(Record):
 
 
 @dataclass
+class RehearsalFlops:
+    """FLOPs per sample of one iteration, counted by torch.utils.flop_counter.FlopCounterMode
+    (matmuls, convolutions, attention; elementwise work is not counted): the whole iteration,
+    the part of it spent in each kind of network call (``by_kind``), and each network's pass
+    (``per_pass``: {network: {forward, forward_backward, forward_input_vjp}} = by_kind / calls).
+    ``iteration`` is the configured iteration's: ``measured_iteration`` itself, or (when a shorter
+    iteration ``measured_at`` {K, score_updates} was counted) the formula's calls x per_pass;
+    ``iteration_source`` says which."""
+
+    iteration: int
+    by_kind: dict[str, int] = field(default_factory=dict)
+    per_pass: dict[str, dict[str, int]] = field(default_factory=dict)
+    unattributed: int = 0
+    measured_iteration: Optional[int] = None
+    measured_at: dict[str, int] = field(default_factory=dict)
+    iteration_source: str = ""
+    method: str = ""
+
+
+@dataclass
+class RehearsalMemory:
+    """Bytes: ``params_bytes`` per network (and ``total``), ``grads_bytes`` (generator + student),
+    ``optimizer_bytes`` (Adam's two moments of both; counted whether or not allocated),
+    ``activation_bytes_per_sample`` {"none", "checkpointed"} (storage kept alive by one
+    generator pass with its graph, slope between ``activation_batches``) and the fixed part;
+    ``iteration_peak_bytes`` (peak above the level before the iteration), ``peak_rss_bytes``
+    (the process's peak during the iteration) / ``process_peak_rss_bytes`` (whole run) on CPU,
+    allocator peaks on CUDA. ``measured`` / ``computed`` say which number is which."""
+
+    params_bytes: dict[str, int]
+    optimizer_bytes: int
+    grads_bytes: int
+    activation_bytes_per_sample: dict[str, int]
+    activation_fixed_bytes: dict[str, int] = field(default_factory=dict)
+    activation_batches: dict[str, list[int]] = field(default_factory=dict)
+    optimizer_states: str = "allocated"
+    iteration_peak_bytes: Optional[int] = None
+    peak_rss_bytes: Optional[int] = None
+    process_peak_rss_bytes: Optional[int] = None
+    method: str = ""
+    measured: list[str] = field(default_factory=list)
+    computed: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RehearsalRecord(Record):
+    """``mct rehearse``: one (or a few) iterations of a configured paper-scale run at full network
+    size on the device present: network calls counted by kind, FLOPs, memory, wall time, and the
+    projected cost of the configured run and of its evaluation (docs/benchmarks.md#paper-scale-cost)."""
+
+    KIND: ClassVar[str] = "rehearsal"
+    FILE: ClassVar[str] = "rehearsal/{bench}.json"
+
+    bench: str
+    variant: str
+    device: str
+    provenance: Provenance
+    batch_size: int
+    iterations: int
+    calls: dict[str, int]
+    flops_per_sample: RehearsalFlops
+    memory: RehearsalMemory
+    wall_seconds_per_iteration: float
+    projection: dict[str, Any]
+    evaluation: dict[str, Any]
+    device_name: Optional[str] = None
+    num_threads: Optional[int] = None
+    weights: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)
+    networks: dict[str, Any] = field(default_factory=dict)
+    backward_calls: dict[str, int] = field(default_factory=dict)
+    wall_seconds_by_checkpointing: dict[str, float] = field(default_factory=dict)
+    formula: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    wall_seconds: Optional[float] = None
+
+
+@dataclass
 class MixtureTeacher(Record):
     """The exact mixture teacher of a 2-D benchmark (isotropic Gaussians): the report draws its
     density under the samples."""
@@ -240,7 +318,7 @@ class MixtureTeacher(Record):
 
 
 RECORDS: tuple[type[Record], ...] = (RunMetrics, TeacherMetrics, AuxMetrics, CorrectionMetrics, Summary, BenchRecord,
-                                     MixtureTeacher)
+                                     MixtureTeacher, RehearsalRecord)
 
 
 # --------------------------------------------------------------------------- files

@@ -28,7 +28,7 @@ from ..config import from_dict
 from ..io import write_text
 from .collect import collect
 from .context import HERE, Inputs, ReportConfig, load_paper_results
-from .sections import ablations, covering, main, modes, samples, speed, summary
+from .sections import ablations, covering, main, modes, paper_scale, samples, speed, summary
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 SECTIONS = [("summary", "Summary", summary), ("main", "Main results", main),
             ("ablations", "Ablations", ablations), ("modes", "Mode-seeking to mode-covering", modes),
             ("covering", "Where mode covering shows", covering),
-            ("samples", "Samples", samples), ("speed", "Speed", speed)]
+            ("samples", "Samples", samples), ("speed", "Speed", speed),
+            ("paper_scale", "Paper-scale cost", paper_scale)]
 
 TEMPLATED = {"summary", "main", "ablations", "modes", "covering", "samples", "speed"}  # blocks in the template
 
