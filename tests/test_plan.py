@@ -57,10 +57,10 @@ def test_shipped_paper_configs_pass_the_memory_check(tmp_path, capsys, bench):
 
 @pytest.mark.parametrize("bench", PAPER)
 def test_shipped_paper_configs_hold_what_the_plan_derives(tmp_path, bench):
-    """The committed batch split, GPU count, runtime, segments and checkpoint cadence are the
-    plan's (re-derive them with `mct plan` when a real rehearsal record replaces the fixture)."""
+    """The committed batch split, GPU count, runtime, segments and checkpoint cadence are what the plan
+    derives from the committed rehearsal record (results/rehearsal/<bench>.json, `mct rehearse`)."""
     _, raw = _config(tmp_path, bench, records=False)
-    plan = make_plan(raw, bench, read_rehearsal(RECORDS / f"{bench}.json"))
+    plan = make_plan(raw, bench, read_rehearsal(REPO / "results" / "rehearsal" / f"{bench}.json"))
     section = raw["benchmarks"][bench]
     job = raw["cluster"]["benchmarks"][bench]["distill"]
     assert section["train"]["accumulation"] == plan.accumulation
