@@ -273,9 +273,11 @@ def test_report_section_shows_rehearsal_beside_not_run_here(tmp_path):
     inputs = Inputs(collect(tmp_path, {"benchmarks": {}}), {}, ReportConfig(), load_paper_results(),
                     tmp_path / "report.html")
     out = paper_scale.build(inputs)
-    (r,) = out["table"].rows
+    (table,) = out["tables"]
+    (r,) = table.rows
     texts = [c.text for c in r.cells]
     assert texts[0] == "not run here" and texts[1] == "imagenet64 (mct)"
     assert "12.35" in texts and "442" in texts and "30 / 120" in texts
     assert "2.00 GiB / 0.50 GiB" in texts
     assert "imagenet128" in out["missing"] and "imagenet64" not in out["missing"]
+    assert any("imagenet128" in n for n in out["notes"])
