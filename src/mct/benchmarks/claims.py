@@ -169,3 +169,15 @@ def mean_curve_fid(run: SeedRun) -> Optional[float]:
 
 def keep(*claims: Optional[Claim]) -> list[Claim]:
     return [c for c in claims if c is not None]
+
+
+def more_k(table: SeedTable, headline: str, metrics: tuple[str, ...], label: str = "") -> tuple[Optional[str], list]:
+    """'More Langevin steps cover more modes': the K-sweep's best variant (by ``headline``'s mean, named
+    ``label`` in the note) against K = 1 on each of ``metrics`` -> (the best variant or None, claims)."""
+    best = table.best_k(headline)
+    if best is None or "k1" not in table:
+        return best, []
+    k = table.settings[best].get("K")
+    note = f"{best} (K = {k}) is the K-sweep's best {label or headline} mean on these seeds"
+    return best, keep(*(versus(table, f"more Langevin steps cover more modes: K = {k} beats K = 1 on {m}", best,
+                               "k1", m, note=note) for m in metrics))

@@ -257,17 +257,10 @@ class ImageBenchmark(Benchmark):
         whose variants this config does not run is left out."""
         from ..io import is_complete
         from ..records import TeacherMetrics, read_record
-        from .claims import SeedTable, decide, first_fid, keep, mean_curve_fid, versus, versus_value
+        from .claims import SeedTable, decide, first_fid, keep, mean_curve_fid, more_k, versus, versus_value
 
         t = SeedTable(recs)
-        out = []
-        best = t.best_k("fid")
-        if best is not None and "k1" in t:
-            k = t.settings[best].get("K")
-            note = f"{best} (K = {k}) is the K-sweep's best FID mean on these seeds"
-            for metric in ("fid", "recall", "class_kl_uniform"):
-                out += keep(versus(t, f"more Langevin steps cover more modes: K = {k} beats K = 1 on {metric}",
-                                   best, "k1", metric, note=note))
+        best, out = more_k(t, "fid", ("fid", "recall", "class_kl_uniform"), label="FID")
         if best != "mct":
             out += keep(versus(t, "mct beats K = 1 (reverse KL) on FID", "mct", "k1", "fid"))
         if "mct" in t:

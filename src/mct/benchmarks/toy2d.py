@@ -237,17 +237,10 @@ class Toy2D(Benchmark):
         mass at most ``OFF_MODE_BAR``). A claim whose variants this config does not run is left out."""
         from ..io import is_complete
         from ..records import TeacherMetrics, read_record
-        from .claims import SeedTable, keep, versus, versus_value
+        from .claims import SeedTable, keep, more_k, versus, versus_value
 
         t = SeedTable(recs)
-        out = []
-        best = t.best_k(self.headline())
-        if best is not None and "k1" in t:
-            k = t.settings[best].get("K")
-            note = f"{best} (K = {k}) is the K-sweep's best {self.headline()} mean on these seeds"
-            for metric in ("off_mode_mass", "min_mode_recall", "mode_mass_tv"):
-                out += keep(versus(t, f"more Langevin steps cover more modes: K = {k} beats K = 1 on {metric}",
-                                   best, "k1", metric, note=note))
+        best, out = more_k(t, self.headline(), ("off_mode_mass", "min_mode_recall", "mode_mass_tv"))
         for variant, partner in self.k_pairs(section, t, skip=best):
             k, z = t.settings[variant].get("K"), "z frozen" if not t.settings[variant].get("gamma_z") else "z moving"
             for metric in ("off_mode_mass", "min_mode_recall", "mode_mass_tv"):
