@@ -244,8 +244,9 @@ class Toy2D(Benchmark):
         for variant, partner in self.k_pairs(section, t, skip=best):
             k, z = t.settings[variant].get("K"), "z frozen" if not t.settings[variant].get("gamma_z") else "z moving"
             for metric in ("off_mode_mass", "min_mode_recall", "mode_mass_tv"):
-                out += keep(versus(t, f"more Langevin steps cover more modes: K = {k} ({z}) beats K = 1 on {metric}",
-                                   variant, partner, metric, note=f"{variant} and {partner} differ only in K and gamma_z"))
+                out += keep(versus(t, f"more Langevin steps cover more modes: {variant} (K = {k}, {z}) beats {partner} "
+                                      f"(K = 1) on {metric}", variant, partner, metric,
+                                   note=f"{variant} and {partner} differ only in K and gamma_z"))
         if best != "mct":
             out += keep(versus(t, "mct beats K = 1 (reverse KL) on mode_mass_tv", "mct", "k1", "mode_mass_tv"))
         out += keep(versus(t, "noise cancellation gives a better student (mode_mass_tv)", "mct", "no-nc",
