@@ -168,7 +168,7 @@ def test_export_folder_is_self_describing(runs, tmp_path):
     assert {k: v for k, v in json.loads((toy / "config.json").read_text())["metrics"].items() if k in m} == m
     assert f"| modes_covered | {m['modes_covered']:.4g} |" in (toy / "README.md").read_text()
     assert json.loads((toy / "config.json").read_text())["generator"] == {
-        "class_name": "mct.nets.mlp.MLPGenerator", "kwargs": {"dim": 2, "hidden": 32, "layers": 2}}
+        "class_name": "mct.nets.mlp.MLPGenerator", "kwargs": {"dim": 2, "hidden": 32, "layers": 2, "input_scale": 1.0}}
 
 
 def test_digits_text_export_ships_its_text_encoder(runs):
