@@ -30,9 +30,7 @@ class SeedTable:
         self.runs: dict[str, list[SeedRun]] = {}
         self.settings: dict[str, dict] = {}
         for r in recs:
-            self.runs[r.variant] = list(r.seeds) or [SeedRun(seed=int(r.settings.get("seed", 0)), scores=r.scores,
-                                                             iterations=r.iterations, train_seconds=r.train_seconds,
-                                                             fid_curve=list(r.fid_curve))]
+            self.runs[r.variant] = r.seed_runs()
             self.settings[r.variant] = dict(r.settings)
 
     def __contains__(self, variant: str) -> bool:

@@ -83,6 +83,12 @@ class RunMetrics(Record):
     notes: dict[str, str] = field(default_factory=dict)
     seeds: list[SeedRun] = field(default_factory=list)
 
+    def seed_runs(self) -> list[SeedRun]:
+        """Every training seed's run; a record written without ``seeds`` (one seed) is its own scores."""
+        return list(self.seeds) or [SeedRun(seed=int(self.settings.get("seed", 0) or 0), scores=self.scores,
+                                            iterations=self.iterations, train_seconds=self.train_seconds,
+                                            fid_curve=list(self.fid_curve))]
+
     @property
     def samples_per_second(self) -> Optional[float]:
         if self.num_samples and self.sample_seconds:

@@ -22,12 +22,7 @@ from .tables import MISSING, METRICS as FORMATS, Cell, fmt_auto, fmt_int, metric
 def seed_values(b: BenchResults, variant: str, metric: str) -> dict[int, float]:
     """Training seed -> value of ``metric`` (the run's ``seeds``; a run without them is its one seed)."""
     r = b.runs.get(variant)
-    if r is None:
-        return {}
-    if r.seeds:
-        return {s.seed: s.scores.metrics[metric] for s in r.seeds if metric in s.scores.metrics}
-    v = r.scores.get(metric)
-    return {} if v is None else {int(r.settings.get("seed", 0) or 0): v}
+    return {} if r is None else {s.seed: s.scores.metrics[metric] for s in r.seed_runs() if metric in s.scores.metrics}
 
 
 def stat(b: BenchResults, variant: str, metric: str) -> Optional[Interval]:
