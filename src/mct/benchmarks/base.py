@@ -304,18 +304,11 @@ class Benchmark:
     def finished(self, cfg, ctx: RunContext, variant: str, run_dir: Path) -> Optional[dict]:
         """The summary of a seed's run already trained to the end under ``cfg`` (its checkpoint.pt,
         read without weights), or None: it must (re)run or resume."""
-        from ..checkpoint import read_for_eval
-
-        path = run_dir / "checkpoint.pt"
-        if not path.is_file():
-            return None
-        try:
-            state = read_for_eval(path, ())
+        try:  # the same identity checks evaluate makes (bench, variant, run hash), as "not finished"
+            _, state = self.checkpoint_of(cfg, ctx, variant, (), run_dir)
         except MCTError:
             return None
-        rec = state.get("config") or {}
-        if (rec.get("bench"), rec.get("variant"), rec.get("run_hash")) != (self.name, variant, self.run_hash(cfg)) \
-                or int(state.get("iteration", -1)) != cfg.train.iterations:
+        if int(state.get("iteration", -1)) != cfg.train.iterations:
             return None
         return {"iterations": int(state["iteration"]), "train_seconds": round(float(state.get("seconds", 0.0)), 3),
                 "config_hash": state.get("config_hash"), "skipped": True}
