@@ -7,9 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import MCTError
+from ..pipeline.plan import PAPER_BENCHES as ORDER  # the table's row order
 
 BEGIN, END = "<!-- rehearsal:begin -->", "<!-- rehearsal:end -->"
-ORDER = ("imagenet64", "imagenet128", "sd15")
 
 COLUMNS = ("benchmark", "parameters (teacher)", "calls per iteration", "TFLOP / sample / iteration",
            "activations / sample, fp32 (none / checkpointed)", "here: s / iteration (batch)", "peak RSS here",

@@ -28,13 +28,13 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ..errors import MCTError
+from ..pipeline.plan import PAPER_BENCHES, USABLE_FRACTION  # one list and one memory share for rehearse and plan
+from .setups import count_params
 
 log = logging.getLogger(__name__)
 
-PAPER_BENCHES = ("imagenet64", "imagenet128", "sd15")
 PEAK_TFLOPS = {"H100-80GB": 989.0, "A100-80GB": 312.0}  # dense bf16 tensor-core peak (H100 SXM, A100 SXM)
 GPU_BYTES = 80 * 2**30
-USABLE_FRACTION = 0.90  # of the 80 GiB: the rest for the CUDA context, allocator fragmentation, kernels' workspaces
 DEFAULT_UTILISATION = 0.4
 CHECKPOINTING = ("config", "on", "off", "both")
 REHEARSAL_PROMPTS = ("a photograph of an astronaut riding a horse", "a bowl of fruit on a wooden table",
@@ -572,7 +572,8 @@ def rehearse_one(raw: dict, ctx, name: str, *, variant: Optional[str] = None, it
     built.cfg = cfg
     set_checkpointing(built.generator, modes[0])
     passes = evaluation_passes(built, batch, device)
-    counts = {"teacher": _count(built.teacher), "generator": _count(built.generator), "student": _count(built.student)}
+    counts = {"teacher": count_params(built.teacher), "generator": count_params(built.generator),
+              "student": count_params(built.student)}
     # the activation measurement needs the generator alone (and sd15's text encoder): the teacher and
     # the student are let go first, so that the graph without checkpointing fits here
     built.teacher = built.student = None
@@ -687,10 +688,6 @@ def rehearse_one(raw: dict, ctx, name: str, *, variant: Optional[str] = None, it
 
         _load_teacher.cache_clear()
     return record
-
-
-def _count(module) -> int:
-    return int(sum(p.numel() for p in module.parameters()))
 
 
 def run_rehearse(raw: dict, ctx, benches: Optional[list[str]] = None, **kw) -> dict[str, Path]:
